@@ -51,12 +51,15 @@ struct byway_node {
 	struct byway_resource *resources;
 };
 
+struct byway__addr_index;
+
 struct byway_system {
 	char name[BYWAY_NAME_MAX];
 	size_t n_globals;
 	struct byway_addr globals[BYWAY_MAX_GLOBALS];
 	size_t n_nodes;
 	struct byway_node **nodes;
+	struct byway__addr_index *_addrs; /* private: every address in use, for O(1) checks */
 };
 
 /* Allocate an empty system. -EINVAL for an empty or too long name. */

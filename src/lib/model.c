@@ -13,6 +13,83 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* What an indexed address is: a global, a node's local IP, or resource res of a node. */
+#define IDX_GLOBAL (-2)
+#define IDX_LOCAL (-1)
+
+struct idx_slot {
+	struct byway_addr a;
+	uint32_t node; /* index in sys->nodes */
+	int32_t res;   /* resource index, IDX_LOCAL or IDX_GLOBAL */
+	bool used;
+};
+
+struct byway__addr_index {
+	size_t cap, n; /* cap is a power of two */
+	struct idx_slot *slots;
+};
+
+static struct idx_slot *idx_find(const struct byway_system *sys, const struct byway_addr *a)
+{
+	const struct byway__addr_index *ix = sys->_addrs;
+
+	if (!ix || byway_addr_is_unset(a))
+		return NULL;
+	for (size_t i = byway_addr_hash(a) & (ix->cap - 1);; i = (i + 1) & (ix->cap - 1)) {
+		if (!ix->slots[i].used)
+			return NULL;
+		if (byway_addr_equal(&ix->slots[i].a, a))
+			return &ix->slots[i];
+	}
+}
+
+static void idx_put_slot(struct byway__addr_index *ix, const struct idx_slot *s)
+{
+	size_t i = byway_addr_hash(&s->a) & (ix->cap - 1);
+
+	while (ix->slots[i].used)
+		i = (i + 1) & (ix->cap - 1);
+	ix->slots[i] = *s;
+	ix->n++;
+}
+
+/* Reserve room for `more` addresses (load factor <= 1/2). */
+static int idx_reserve(struct byway_system *sys, size_t more)
+{
+	struct byway__addr_index *ix = sys->_addrs, nx;
+
+	if (!ix) {
+		ix = calloc(1, sizeof(*ix));
+		if (!ix)
+			return -ENOMEM;
+		sys->_addrs = ix;
+	}
+	if ((ix->n + more) * 2 <= ix->cap)
+		return 0;
+	nx.cap = ix->cap ? ix->cap : 64;
+	while ((ix->n + more) * 2 > nx.cap)
+		nx.cap *= 2;
+	nx.n = 0;
+	nx.slots = calloc(nx.cap, sizeof(*nx.slots));
+	if (!nx.slots)
+		return -ENOMEM;
+	for (size_t i = 0; i < ix->cap; i++)
+		if (ix->slots[i].used)
+			idx_put_slot(&nx, &ix->slots[i]);
+	free(ix->slots);
+	*ix = nx;
+	return 0;
+}
+
+/* Add an address; the caller has checked it is not in use and reserved room. */
+static void idx_add(struct byway_system *sys, const struct byway_addr *a, uint32_t node,
+		    int32_t res)
+{
+	struct idx_slot s = { .a = *a, .node = node, .res = res, .used = true };
+
+	idx_put_slot(sys->_addrs, &s);
+}
+
 static bool valid_name(const char *name)
 {
 	size_t n;
@@ -55,15 +132,17 @@ void byway_system_free(struct byway_system *sys)
 		free(sys->nodes[i]);
 	}
 	free(sys->nodes);
+	if (sys->_addrs)
+		free(sys->_addrs->slots);
+	free(sys->_addrs);
 	free(sys);
 }
 
 bool byway_system_is_global(const struct byway_system *sys, const struct byway_addr *a)
 {
-	for (size_t i = 0; i < sys->n_globals; i++)
-		if (byway_addr_equal(&sys->globals[i], a))
-			return true;
-	return false;
+	const struct idx_slot *s = idx_find(sys, a);
+
+	return s && s->res == IDX_GLOBAL;
 }
 
 const struct byway_addr *byway_node_local(const struct byway_node *node, int family)
@@ -83,36 +162,23 @@ const struct byway_addr *byway_resource_ip(const struct byway_resource *res, int
 struct byway_node *byway_system_node_by_local(const struct byway_system *sys,
 					      const struct byway_addr *a)
 {
-	for (size_t i = 0; i < sys->n_nodes; i++) {
-		struct byway_node *n = sys->nodes[i];
+	const struct idx_slot *s = idx_find(sys, a);
 
-		if (byway_addr_equal(&n->local4, a) || byway_addr_equal(&n->local6, a))
-			return byway_addr_is_unset(a) ? NULL : n;
-	}
-	return NULL;
+	return s && s->res == IDX_LOCAL ? sys->nodes[s->node] : NULL;
 }
 
 int byway_system_find_private(const struct byway_system *sys, const struct byway_addr *a,
 			      struct byway_node **ret_node, struct byway_resource **ret_res)
 {
-	if (byway_addr_is_unset(a))
+	const struct idx_slot *s = idx_find(sys, a);
+
+	if (!s || s->res < 0)
 		return -ENOENT;
-	for (size_t i = 0; i < sys->n_nodes; i++) {
-		struct byway_node *n = sys->nodes[i];
-
-		for (size_t j = 0; j < n->n_resources; j++) {
-			struct byway_resource *r = &n->resources[j];
-
-			if (byway_addr_equal(&r->ip4, a) || byway_addr_equal(&r->ip6, a)) {
-				if (ret_node)
-					*ret_node = n;
-				if (ret_res)
-					*ret_res = r;
-				return 0;
-			}
-		}
-	}
-	return -ENOENT;
+	if (ret_node)
+		*ret_node = sys->nodes[s->node];
+	if (ret_res)
+		*ret_res = &sys->nodes[s->node]->resources[s->res];
+	return 0;
 }
 
 struct byway_node *byway_system_find_node(const struct byway_system *sys, const char *name)
@@ -126,8 +192,7 @@ struct byway_node *byway_system_find_node(const struct byway_system *sys, const 
 /* Is a already used anywhere in the system (global, local or private)? */
 static bool addr_in_use(const struct byway_system *sys, const struct byway_addr *a)
 {
-	return byway_system_is_global(sys, a) || byway_system_node_by_local(sys, a) ||
-	       byway_system_find_private(sys, a, NULL, NULL) == 0;
+	return idx_find(sys, a) != NULL;
 }
 
 static bool usable_addr(const struct byway_addr *a)
@@ -145,6 +210,9 @@ int byway_system_add_global(struct byway_system *sys, const struct byway_addr *a
 		return -EADDRINUSE;
 	if (sys->n_globals >= BYWAY_MAX_GLOBALS)
 		return -E2BIG;
+	if (idx_reserve(sys, 1) < 0)
+		return -ENOMEM;
+	idx_add(sys, a, 0, IDX_GLOBAL);
 	sys->globals[sys->n_globals++] = *a;
 	return 0;
 }
@@ -190,6 +258,9 @@ int byway_node_set_local(struct byway_system *sys, struct byway_node *node,
 		return -EEXIST;
 	if (addr_in_use(sys, a))
 		return -EADDRINUSE;
+	if (idx_reserve(sys, 1) < 0)
+		return -ENOMEM;
+	idx_add(sys, a, node->index, IDX_LOCAL);
 	*slot = *a;
 	return 0;
 }
@@ -221,15 +292,23 @@ int byway_node_add_resource(struct byway_system *sys, struct byway_node *node,
 	for (size_t i = 0; i < node->n_resources; i++)
 		if (strcmp(node->resources[i].name, r.name) == 0)
 			return -EEXIST;
-	if ((has4 && addr_in_use(sys, &r.ip4)) || (has6 && addr_in_use(sys, &r.ip6)))
+	if ((has4 && addr_in_use(sys, &r.ip4)) || (has6 && addr_in_use(sys, &r.ip6)) ||
+	    (has4 && has6 && byway_addr_equal(&r.ip4, &r.ip6)))
 		return -EADDRINUSE;
 	if (node->n_resources >= BYWAY_MAX_RESOURCES)
 		return -E2BIG;
+	/* room for both addresses before anything changes */
+	if (idx_reserve(sys, 2) < 0)
+		return -ENOMEM;
 	rs = realloc(node->resources, (node->n_resources + 1) * sizeof(*rs));
 	if (!rs)
 		return -ENOMEM;
 	node->resources = rs;
 	r.up = true;
+	if (has4)
+		idx_add(sys, &r.ip4, node->index, (int32_t)node->n_resources);
+	if (has6)
+		idx_add(sys, &r.ip6, node->index, (int32_t)node->n_resources);
 	node->resources[node->n_resources++] = r;
 	return 0;
 }
