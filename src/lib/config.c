@@ -629,7 +629,7 @@ static int get_duration(struct parser *p, unsigned int line, const char *key, co
 static int get_number(struct parser *p, unsigned int line, const char *key, const char *v,
 		      uint64_t min, uint64_t max, uint64_t *ret)
 {
-	uint64_t n;
+	uint64_t n = 0;
 	int r = parse_uint(v, max, &n);
 
 	if (r == -EINVAL)
@@ -644,7 +644,7 @@ static int get_number(struct parser *p, unsigned int line, const char *key, cons
 static int get_port(struct parser *p, unsigned int line, const char *key, const char *v,
 		    uint16_t *ret)
 {
-	uint64_t n;
+	uint64_t n = 0;
 	int r = get_number(p, line, key, v, 1, 65535, &n);
 
 	if (r < 0)
@@ -919,7 +919,7 @@ static int res_option(struct parser *p, unsigned int line, char *tok, struct byw
 		      bool *have_weight)
 {
 	char *eq = strchr(tok, '=');
-	uint64_t n;
+	uint64_t n = 0;
 	int r;
 
 	*eq = '\0';
