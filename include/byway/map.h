@@ -60,8 +60,11 @@ struct byway_instance {
 
 /* One node's tuples for one lookup key. Immutable once published. */
 struct byway_group {
-	const char *node;  /* node name; "" in a view built by byway_view_new() */
-	uint32_t node_id;  /* small integer, stable for the life of the map */
+	const char *node; /* node name; "" in a view built by byway_view_new() */
+	/* A small integer per node name. It is reused for another name only when max_nodes
+	 * names are in use and a node with no instances and no drains is recycled; that drops
+	 * the change history, so watchers relist. */
+	uint32_t node_id;
 	uint32_t n;
 	struct byway_bypass e[];
 };
@@ -88,15 +91,18 @@ BYWAY_EXPORT int byway_map_new(const struct byway_map_limits *lim, struct byway_
 BYWAY_EXPORT void byway_map_free(struct byway_map *m);
 
 /*
- * Writers. Each returns the map's revision after the call (>= 1), or -errno. A call that
- * changes nothing (e.g. putting an identical record) leaves the revision unchanged, so
- * agents can re-send freely (idempotent).
+ * Writers. Each returns the map's revision after the call (>= 1; a new map is at revision 1),
+ * or -errno. A call that changes nothing (e.g. putting an identical record, removing the
+ * instances of a node that has none) leaves the revision unchanged, so agents can re-send
+ * freely (idempotent). Writers called from inside a byway_map_changes()/snapshot() callback
+ * return -EDEADLK.
  */
 
 /*
  * Insert or replace the instance (node, id). -EINVAL (empty node name, n_bypass out of
  * range, a bypass tuple whose port/proto differ from first's, service/first port or proto
- * differ, a state out of range), -EADDRINUSE (a bypass private IP is registered by
+ * differ, a state out of range, port 0, a protocol other than TCP/UDP, an unset or wildcard
+ * address), -EADDRINUSE (a bypass private IP is registered by
  * another node), -ENOSPC (max_instances or max_nodes reached).
  */
 BYWAY_EXPORT int64_t byway_map_put(struct byway_map *m, const struct byway_instance *inst);
@@ -138,7 +144,10 @@ BYWAY_EXPORT int byway_map_lookup(const struct byway_map *m, const struct byway_
 				  struct byway_bypass *ret, uint32_t *ret_node_ids, size_t cap,
 				  size_t *ret_n);
 
-/* Copy the current record of (node, id). -ENOENT if absent. */
+/*
+ * Copy the current record of (node, id), with states as readers see them (administrative
+ * drains applied). -ENOENT if absent.
+ */
 BYWAY_EXPORT int byway_map_get(struct byway_map *m, const char *node, uint64_t id,
 			       struct byway_instance *ret);
 
@@ -156,8 +165,10 @@ typedef int (*byway_map_change_fn)(uint64_t rev, enum byway_change_op op,
  * most once with its current state (a level-triggered delta: applying the calls in order
  * to a replica that was exact at `since` makes it exact at *ret_rev). Drains and load
  * updates are reported as PUTs of the affected instances, with states as readers see them.
- * -ESTALE when `since` is older than the retained history: the caller must relist with
- * byway_map_snapshot(). Writer-side operation: takes the writer mutex.
+ * -ESTALE when `since` is older than the retained history (or newer than the current
+ * revision): the caller must relist with byway_map_snapshot(). A DEL may be reported for an
+ * instance created and removed after `since`: replicas ignore a DEL for what they lack.
+ * Writer-side operation: the callbacks run under the writer mutex.
  */
 BYWAY_EXPORT int byway_map_changes(struct byway_map *m, uint64_t since, byway_map_change_fn fn,
 				   void *arg, uint64_t *ret_rev);
