@@ -112,7 +112,8 @@ BYWAY_EXPORT int64_t byway_map_remove(struct byway_map *m, const char *node, uin
 BYWAY_EXPORT int64_t byway_map_remove_node(struct byway_map *m, const char *node);
 /*
  * Administrative drain of a node (ip == NULL) or of one resource of it (by private IP):
- * its tuples read as DRAINING (unless GONE) until undrained. The setting is kept by the map
+ * its tuples read as DRAINING (unless GONE) until undrained (at most 256 drained IPs per node,
+ * -ENOSPC beyond). Undraining what is not drained is no change. The setting is kept by the map
  * and applies to instances registered later too, so a re-registering agent cannot undo it.
  */
 BYWAY_EXPORT int64_t byway_map_set_drain(struct byway_map *m, const char *node,
