@@ -1,0 +1,463 @@
+# SPDX-License-Identifier: MIT
+# shellcheck shell=bash
+#
+# Helpers shared by the byway-lab integration tests (tests/integration/lab-*.sh): TAP output
+# (plan, ok, not_ok, check, is, skip, diag, done_testing), a cleanup stack run by an EXIT trap
+# so that every test tears its lab down even when it fails or is interrupted, background
+# processes ended by PID, and the checks that decide whether this machine can run the tests at
+# all (root, network namespaces, programs). A test skips (TAP "1..0 # SKIP", exit 77, or
+# $BYWAY_TAP_SKIP_EXIT when meson runs it) only when the machine cannot run it; anything else
+# that goes wrong is a failure. Source it; do not run it.
+
+set -uo pipefail
+
+BYWAY_SRCDIR=${BYWAY_SRCDIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+BYWAY_BUILDDIR=${BYWAY_BUILDDIR:-}
+BYWAY_LAB=${BYWAY_LAB:-$BYWAY_SRCDIR/tools/byway-lab}
+
+TAP_N=0
+TAP_FAILED=0
+TAP_PLANNED=''
+TAP_DONE=0
+
+# ---------------------------------------------------------------------------------------------
+# TAP
+
+plan() {
+	TAP_PLANNED=$1
+	printf '1..%d\n' "$1"
+}
+
+# diag MSG...: a diagnostic line (also for multi-line text: every line gets a '# ').
+diag() {
+	local line
+	while IFS= read -r line; do printf '# %s\n' "$line"; done <<<"$*"
+}
+
+ok() {
+	TAP_N=$((TAP_N + 1))
+	printf 'ok %d - %s\n' "$TAP_N" "$1"
+}
+
+# not_ok DESC [DETAIL...]: a failed test point; DETAIL goes out as diagnostics.
+not_ok() {
+	TAP_N=$((TAP_N + 1))
+	TAP_FAILED=$((TAP_FAILED + 1))
+	printf 'not ok %d - %s\n' "$TAP_N" "$1"
+	shift
+	local d
+	for d in "$@"; do diag "$d"; done
+	return 0
+}
+
+# ok_if STATUS DESC [DETAIL...]: ok when STATUS is 0.
+ok_if() {
+	local st=$1
+	shift
+	if [[ $st == 0 ]]; then ok "$1"; else not_ok "$@"; fi
+}
+
+# check DESC CMD...: runs CMD; ok when it exits 0, else not ok with its output.
+check() {
+	local desc=$1 out st
+	shift
+	out=$("$@" 2>&1)
+	st=$?
+	if ((st == 0)); then
+		ok "$desc"
+	else
+		not_ok "$desc" "command: $*" "exit status $st" "$out"
+	fi
+	return "$st"
+}
+
+# check_fails DESC CMD...: ok when CMD exits non-zero.
+check_fails() {
+	local desc=$1 out st
+	shift
+	out=$("$@" 2>&1)
+	st=$?
+	if ((st != 0)); then
+		ok "$desc"
+	else
+		not_ok "$desc" "command: $*" "succeeded but should have failed" "$out"
+	fi
+}
+
+# is GOT EXPECTED DESC
+is() {
+	if [[ $1 == "$2" ]]; then
+		ok "$3"
+	else
+		not_ok "$3" "got:      '$1'" "expected: '$2'"
+	fi
+}
+
+# like GOT REGEX DESC
+like() {
+	if [[ $1 =~ $2 ]]; then
+		ok "$3"
+	else
+		not_ok "$3" "got:      '$1'" "expected to match: $2"
+	fi
+}
+
+# skip DESC REASON: a test point that could not run here.
+skip() {
+	TAP_N=$((TAP_N + 1))
+	printf 'ok %d - %s # SKIP %s\n' "$TAP_N" "$1" "$2"
+}
+
+# skip_all REASON: the whole test cannot run on this machine.
+skip_all() {
+	printf '1..0 # SKIP %s\n' "$1"
+	TAP_DONE=1
+	exit "${BYWAY_TAP_SKIP_EXIT:-77}"
+}
+
+# bail_out REASON: stop now (a precondition of the remaining tests failed); cleanup still runs.
+bail_out() {
+	printf 'Bail out! %s\n' "$1"
+	TAP_DONE=1
+	exit 1
+}
+
+# done_testing: prints the plan if none was given, checks the count, exits 0 or 1.
+done_testing() {
+	TAP_DONE=1
+	if [[ -z $TAP_PLANNED ]]; then
+		printf '1..%d\n' "$TAP_N"
+	elif ((TAP_N != TAP_PLANNED)); then
+		diag "planned $TAP_PLANNED tests but ran $TAP_N"
+		exit 1
+	fi
+	((TAP_FAILED == 0)) || diag "failed $TAP_FAILED of $TAP_N"
+	((TAP_FAILED == 0)) && exit 0
+	exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Cleanup: a stack of commands run in reverse order at exit, whatever the exit reason.
+
+CLEANUPS=()
+
+at_exit() {
+	CLEANUPS+=("$*")
+}
+
+run_cleanups() {
+	local st=$? i
+	trap - EXIT INT TERM HUP
+	for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do
+		eval "${CLEANUPS[i]}" >/dev/null 2>&1 || true
+	done
+	if [[ $TAP_DONE != 1 ]]; then
+		# Died before done_testing (set -u, a signal, a bug): say so in TAP terms.
+		printf 'Bail out! test script ended early (status %d)\n' "$st"
+		((st == 0)) && st=1
+	fi
+	exit "$st"
+}
+
+trap run_cleanups EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+# kill_pid PID...: ends processes this test started, by PID: TERM, up to 2 s, then KILL.
+kill_pid() {
+	local p n alive
+	kill -TERM "$@" 2>/dev/null || true
+	for ((n = 0; n < 20; n++)); do
+		alive=0
+		for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+		((alive)) || break
+		sleep 0.1
+	done
+	kill -KILL "$@" 2>/dev/null || true
+	wait "$@" 2>/dev/null || true
+}
+
+# bg CMD...: starts CMD in the background, sets BG_PID and kills it at exit.
+BG_PID=''
+bg() {
+	"$@" &
+	BG_PID=$!
+	at_exit "kill_pid $BG_PID"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Can this machine run the tests?
+
+require_root() {
+	[[ $(id -u) -eq 0 ]] || skip_all "needs root (network namespaces)"
+}
+
+require_prog() {
+	local p
+	for p in "$@"; do
+		command -v "$p" >/dev/null 2>&1 || skip_all "needs '$p' (see README: test dependencies)"
+	done
+}
+
+# Network namespaces, veth pairs and bridges must work here (not in every container).
+require_netns() {
+	local ns=bwprobe$$ out
+	if ! out=$(ip netns add "$ns" 2>&1); then
+		skip_all "cannot create network namespaces: $out"
+	fi
+	if ! out=$(ip -n "$ns" link add bwp0 type veth peer name bwp1 2>&1 &&
+		ip -n "$ns" link add bwpbr type bridge 2>&1); then
+		ip netns del "$ns" 2>/dev/null
+		skip_all "cannot create veth pairs or bridges: $out"
+	fi
+	ip netns del "$ns"
+}
+
+# The usual preamble of a lab test.
+require_lab() {
+	require_root
+	require_prog ip tc ss sysctl flock od python3 ping timeout
+	require_netns
+	[[ -x $BYWAY_LAB ]] || skip_all "byway-lab not found at $BYWAY_LAB"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Labs
+
+LAB_NAME=''
+LAB_CONF=''
+
+# lab_up NAME ARGS...: builds lab NAME (removing a stale one left by an earlier run), tears it
+# down at exit; sets LAB_NAME and LAB_CONF. Returns byway-lab's exit status.
+lab_up() {
+	local name=$1 out st
+	shift
+	"$BYWAY_LAB" down --name "$name" >/dev/null 2>&1 || true
+	at_exit "'$BYWAY_LAB' down --name '$name'"
+	out=$("$BYWAY_LAB" up --name "$name" "$@" 2>&1)
+	st=$?
+	LAB_NAME=$name
+	# shellcheck disable=SC2034 # read by the tests that source this file
+	LAB_CONF=$(printf '%s\n' "$out" | grep '/byway.conf$' | tail -n1)
+	((st == 0)) || diag "byway-lab up --name $name $* failed ($st):" "$out"
+	return "$st"
+}
+
+# in_ns HOST CMD...: runs CMD inside host HOST (n1, c1, sw) of the current lab.
+in_ns() {
+	local host=$1
+	shift
+	ip netns exec "$LAB_NAME-$host" "$@"
+}
+
+# ifstat HOST DEV COUNTER: an interface counter (tx_bytes, rx_packets, ...) inside HOST.
+ifstat() {
+	in_ns "$1" cat "/sys/class/net/$2/statistics/$3"
+}
+
+# mac_of HOST DEV
+mac_of() {
+	in_ns "$1" cat "/sys/class/net/$2/address"
+}
+
+# lab_netns NAME: the namespaces that exist with the prefix of lab NAME.
+lab_netns() {
+	ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$1-(sw|n[0-9]+|c[0-9]+)$"
+	return 0
+}
+
+# ---------------------------------------------------------------------------------------------
+# labnet HOST: a small Python tool for traffic inside host HOST of the lab.
+# Every loop is bounded in count and time; every socket has a timeout.
+#   labnet serve --port P [--bind A]... [--reply TEXT | --send BYTES] [--max-conns N]
+#                [--lifetime S] [--ready FILE]      TCP server (threads), one reply a connection
+#   labnet fetch --addr A --port P [--src S] [--count N] [--sport-base B] [--timeout S]
+#                                                   N connections; prints a JSON tally of the
+#                                                   first line received ({"n1": 70, ...}) and
+#                                                   the bytes received; failures count as "error"
+#   labnet sink --port P [--bind A] --result FILE [--lifetime S] [--ready FILE]
+#                                                   receives one connection; writes
+#                                                   "<bytes> <seconds>" (first to last byte)
+#   labnet blast --addr A --port P --seconds S      sends zeros for S seconds
+
+# The distribution's interpreter when there is one: it starts in 20 ms, a version-manager shim
+# on PATH can take ten times that, once per connection batch.
+PYTHON=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
+TEST_TMP=$(mktemp -d /tmp/byway-itest.XXXXXX)
+at_exit "rm -rf '$TEST_TMP'"
+LABNET=$TEST_TMP/labnet.py
+cat >"$LABNET" <<'PYEOF'
+import argparse, json, os, select, socket, sys, threading, time
+
+def family(addr):
+    return socket.AF_INET6 if ':' in addr else socket.AF_INET
+
+def write_ready(path):
+    if path:
+        with open(path + '.tmp', 'w') as f:
+            f.write('ready\n')
+        os.rename(path + '.tmp', path)
+
+def serve(a):
+    binds = a.bind or ['0.0.0.0', '::']
+    socks = []
+    for b in binds:
+        s = socket.socket(family(b), socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family(b) == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((b, a.port))
+        s.listen(256)
+        s.setblocking(False)
+        socks.append(s)
+    write_ready(a.ready)
+    payload = a.reply.encode() + b'\n' if a.reply is not None else b'\0' * a.send
+    deadline = time.monotonic() + a.lifetime
+    done = 0
+    def handle(c):
+        try:
+            c.settimeout(5)
+            c.sendall(payload)
+            c.shutdown(socket.SHUT_WR)
+            c.recv(16)
+        except OSError:
+            pass
+        finally:
+            c.close()
+    while time.monotonic() < deadline and done < a.max_conns:
+        ready, _, _ = select.select(socks, [], [], 0.2)
+        for s in ready:
+            try:
+                c, _ = s.accept()
+            except OSError:
+                continue
+            done += 1
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
+    time.sleep(0.5)
+
+def fetch(a):
+    tally = {}
+    nbytes = 0
+    deadline = time.monotonic() + a.total_timeout
+    for i in range(a.count):
+        if time.monotonic() > deadline:
+            tally['timeout'] = tally.get('timeout', 0) + a.count - i
+            break
+        key = 'error'
+        s = socket.socket(family(a.addr), socket.SOCK_STREAM)
+        try:
+            s.settimeout(a.timeout)
+            if a.src or a.sport_base:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sport = a.sport_base + i if a.sport_base else 0
+                s.bind((a.src or ('::' if ':' in a.addr else '0.0.0.0'), sport))
+            s.connect((a.addr, a.port))
+            buf = b''
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                nbytes += len(d)
+                if len(buf) < 64:
+                    buf += d[:64]
+            key = buf.split(b'\n')[0].decode(errors='replace') if a.text else 'ok'
+        except OSError as e:
+            key = 'error'
+            print('fetch: %s' % e, file=sys.stderr)
+        finally:
+            s.close()
+        tally[key] = tally.get(key, 0) + 1
+    tally['_bytes'] = nbytes
+    print(json.dumps(tally, sort_keys=True))
+
+def sink(a):
+    s = socket.socket(family(a.bind), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((a.bind, a.port))
+    s.listen(1)
+    s.settimeout(a.lifetime)
+    write_ready(a.ready)
+    c, _ = s.accept()
+    c.settimeout(5)
+    n = 0
+    first = last = None
+    end = time.monotonic() + a.lifetime
+    while time.monotonic() < end:
+        try:
+            d = c.recv(1 << 16)
+        except socket.timeout:
+            break
+        if not d:
+            break
+        now = time.monotonic()
+        if first is None:
+            first = now
+        else:
+            n += len(d)  # bytes after the first read, over the time since it
+        last = now
+    c.close()
+    with open(a.result, 'w') as f:
+        f.write('%d %.6f\n' % (n, (last - first) if first is not None and last > first else 0))
+
+def blast(a):
+    s = socket.create_connection((a.addr, a.port), timeout=5)
+    buf = b'\0' * (1 << 16)
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        s.sendall(buf)
+    s.close()
+
+p = argparse.ArgumentParser()
+sp = p.add_subparsers(dest='cmd', required=True)
+q = sp.add_parser('serve')
+q.add_argument('--port', type=int, required=True)
+q.add_argument('--bind', action='append')
+q.add_argument('--reply')
+q.add_argument('--send', type=int, default=0)
+q.add_argument('--max-conns', type=int, default=1000)
+q.add_argument('--lifetime', type=float, default=60)
+q.add_argument('--ready')
+q = sp.add_parser('fetch')
+q.add_argument('--addr', required=True)
+q.add_argument('--port', type=int, required=True)
+q.add_argument('--src')
+q.add_argument('--count', type=int, default=1)
+q.add_argument('--sport-base', type=int, default=0)
+q.add_argument('--timeout', type=float, default=3)
+q.add_argument('--total-timeout', type=float, default=60)
+q.add_argument('--text', action='store_true')
+q = sp.add_parser('sink')
+q.add_argument('--port', type=int, required=True)
+q.add_argument('--bind', default='0.0.0.0')
+q.add_argument('--result', required=True)
+q.add_argument('--lifetime', type=float, default=20)
+q.add_argument('--ready')
+q = sp.add_parser('blast')
+q.add_argument('--addr', required=True)
+q.add_argument('--port', type=int, required=True)
+q.add_argument('--seconds', type=float, required=True)
+a = p.parse_args()
+{'serve': serve, 'fetch': fetch, 'sink': sink, 'blast': blast}[a.cmd](a)
+PYEOF
+
+# labnet HOST ARGS...: runs labnet inside host HOST of the current lab.
+labnet() {
+	local host=$1
+	shift
+	in_ns "$host" "$PYTHON" "$LABNET" "$@"
+}
+
+# wait_file FILE [SECONDS]: waits (bounded) until FILE exists.
+wait_file() {
+	local f=$1 n
+	for ((n = 0; n < ${2:-10} * 20; n++)); do
+		[[ -e $f ]] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# json_get JSON KEY: an integer member of a flat JSON object (0 when absent).
+json_get() {
+	"$PYTHON" -c 'import json,sys; print(int(json.loads(sys.argv[1]).get(sys.argv[2], 0)))' "$1" "$2"
+}
