@@ -207,8 +207,8 @@ static void bench_disruption(void)
 
 	printf("\nmaglev disruption, %d flows, one backend leaves / joins (%% of all flows)\n",
 	       FLOWS);
-	printf("%6s %8s | %8s %8s %8s | %8s %8s %8s | %14s\n", "n", "M", "leave", "ideal",
-	       "extra", "join", "ideal", "extra", "leave, M moves");
+	printf("%6s %8s | %8s %8s %8s | %8s %8s %8s | %14s\n", "n", "M", "leave", "ideal", "extra",
+	       "join", "ideal", "extra", "leave, M moves");
 	for (size_t c = 0; c < sizeof(ns) / sizeof(ns[0]); c++) {
 		size_t n = ns[c], r = n / 2;
 		uint64_t *k = malloc((n + 1) * sizeof(*k)), *kl = malloc(n * sizeof(*kl));

@@ -23,9 +23,9 @@ extern "C" {
 #endif
 
 #define BYWAY_CONFIG_MAX_SIZE (1024 * 1024) /* bytes; a larger file is refused */
-#define BYWAY_CONFIG_LINE_MAX 4096	    /* bytes per line, without the newline */
-#define BYWAY_CONFIG_MAX_MAP  8		    /* map server endpoints (etcd cluster members) */
-#define BYWAY_CONFIG_PATH_MAX 1024	    /* secret-file, with NUL */
+#define BYWAY_CONFIG_LINE_MAX 4096          /* bytes per line, without the newline */
+#define BYWAY_CONFIG_MAX_MAP 8              /* map server endpoints (etcd cluster members) */
+#define BYWAY_CONFIG_PATH_MAX 1024          /* secret-file, with NUL */
 /* run-dir, with NUL: the sockets below it must fit in sockaddr_un.sun_path (108 bytes). */
 #define BYWAY_CONFIG_RUNDIR_MAX 81
 
@@ -33,7 +33,7 @@ extern "C" {
 enum byway_map_kind {
 	BYWAY_MAP_REMOTE = 0, /* "HOST:PORT": a map server run by another bywayd */
 	BYWAY_MAP_EMBEDDED,   /* "embedded://HOST:PORT": the bywayd owning HOST serves the map */
-	BYWAY_MAP_ETCD,	      /* "etcd://HOST:PORT[,HOST:PORT...]": an etcd cluster */
+	BYWAY_MAP_ETCD,       /* "etcd://HOST:PORT[,HOST:PORT...]": an etcd cluster */
 };
 
 /* The [policy] section: how clients select and retry. Durations in milliseconds. */
@@ -42,7 +42,7 @@ struct byway_config_policy {
 	uint32_t retry_delay_ms;     /* default 250, 1..5000 */
 	uint32_t connect_timeout_ms; /* default 3000, 10..600000 */
 	uint32_t negative_ttl_ms;    /* default 5000, 1..3600000 */
-	bool fallback;		     /* default true */
+	bool fallback;               /* default true */
 };
 
 /*
@@ -51,8 +51,8 @@ struct byway_config_policy {
  * sys->nodes: cfg->nodes[node->index].
  */
 struct byway_config_node {
-	unsigned int line;			    /* the [node NAME] / [client NAME] header */
-	unsigned int local_line;		    /* the "local" key */
+	unsigned int line;                          /* the [node NAME] / [client NAME] header */
+	unsigned int local_line;                    /* the "local" key */
 	unsigned int res_line[BYWAY_MAX_RESOURCES]; /* each "resource" key, in order */
 };
 
@@ -63,23 +63,23 @@ struct byway_config {
 	enum byway_map_kind map_kind;
 	size_t n_map; /* 1, or 1..BYWAY_CONFIG_MAX_MAP for etcd */
 	struct byway_tuple map[BYWAY_CONFIG_MAX_MAP];
-	uint16_t resolver_port;			 /* default 7701 */
-	uint16_t control_port;			 /* default 7702 */
+	uint16_t resolver_port;                  /* default 7701 */
+	uint16_t control_port;                   /* default 7702 */
 	char secret_file[BYWAY_CONFIG_PATH_MAX]; /* default /etc/byway/secret */
-	uint32_t lease_ms;			 /* default 1000, 100..3600000 */
-	uint32_t heartbeat_ms;			 /* default lease/4, 10..lease-1 */
-	char run_dir[BYWAY_CONFIG_RUNDIR_MAX];	 /* default /run/byway */
-	bool allow_low_ports;			 /* default false */
+	uint32_t lease_ms;                       /* default 1000, 100..3600000 */
+	uint32_t heartbeat_ms;                   /* default lease/4, 10..lease-1 */
+	char run_dir[BYWAY_CONFIG_RUNDIR_MAX];   /* default /run/byway */
+	bool allow_low_ports;                    /* default false */
 	bool has_metrics;
 	struct byway_tuple metrics; /* valid when has_metrics */
 
 	struct byway_config_policy policy;
 
 	/* Line numbers, for messages. */
-	unsigned int system_line;		     /* the [system] header */
-	unsigned int policy_line;		     /* the [policy] header, 0 when absent */
+	unsigned int system_line;                    /* the [system] header */
+	unsigned int policy_line;                    /* the [policy] header, 0 when absent */
 	unsigned int global_line[BYWAY_MAX_GLOBALS]; /* indexed like sys->globals */
-	struct byway_config_node *nodes;	     /* sys->n_nodes entries */
+	struct byway_config_node *nodes;             /* sys->n_nodes entries */
 };
 
 /*

@@ -122,7 +122,7 @@ BYWAY_EXPORT bool byway_system_is_global(const struct byway_system *sys,
 BYWAY_EXPORT const struct byway_addr *byway_node_local(const struct byway_node *node, int family);
 /* The resource's private IP of a family, or NULL when it has none. */
 BYWAY_EXPORT const struct byway_addr *byway_resource_ip(const struct byway_resource *res,
-							 int family);
+							int family);
 
 /*
  * First tuple of a listener that bound `bound` on node: when bound's address is the node's

@@ -126,8 +126,8 @@ BYWAY_EXPORT int byway_select_order(struct byway_selector *s, const struct byway
 BYWAY_EXPORT void byway_selector_failed(struct byway_selector *s, const struct byway_tuple *t,
 					uint64_t now_ms);
 BYWAY_EXPORT void byway_selector_succeeded(struct byway_selector *s, const struct byway_tuple *t);
-BYWAY_EXPORT bool byway_selector_is_negative(struct byway_selector *s,
-					     const struct byway_tuple *t, uint64_t now_ms);
+BYWAY_EXPORT bool byway_selector_is_negative(struct byway_selector *s, const struct byway_tuple *t,
+					     uint64_t now_ms);
 
 /*
  * Maglev consistent hashing (Eisenbud et al., NSDI 2016), usable on its own. Backends are

@@ -85,8 +85,8 @@ BYWAY_EXPORT uint64_t byway_addr_hash(const struct byway_addr *a);
 BYWAY_EXPORT int byway_tuple_to_sockaddr(const struct byway_tuple *t, struct sockaddr *sa,
 					 socklen_t len);
 /* From sockaddr_in / sockaddr_in6 (a v4-mapped sockaddr_in6 becomes IPv4). -EAFNOSUPPORT else. */
-BYWAY_EXPORT int byway_tuple_from_sockaddr(const struct sockaddr *sa, socklen_t len,
-					   uint8_t proto, struct byway_tuple *ret);
+BYWAY_EXPORT int byway_tuple_from_sockaddr(const struct sockaddr *sa, socklen_t len, uint8_t proto,
+					   struct byway_tuple *ret);
 
 #ifdef __cplusplus
 }

@@ -50,17 +50,17 @@ struct metrics;
 struct bywayd {
 	struct event_base *base;
 	char conf_path[PATH_MAX];
-	struct byway_config *cfg;     /* current configuration (replaced on SIGHUP) */
-	struct byway_node *self;      /* this host, borrowed from cfg->sys */
-	char run_dir[PATH_MAX];       /* <cfg->run_dir>/<self->name> */
+	struct byway_config *cfg; /* current configuration (replaced on SIGHUP) */
+	struct byway_node *self;  /* this host, borrowed from cfg->sys */
+	char run_dir[PATH_MAX];   /* <cfg->run_dir>/<self->name> */
 	uint8_t secret[BYWAY_SECRET_MAX];
 	size_t secret_len;
 
-	bool is_map_server;           /* the map role runs here */
-	bool draining;                /* SIGTERM received: withdrawing before exit */
+	bool is_map_server; /* the map role runs here */
+	bool draining;      /* SIGTERM received: withdrawing before exit */
 
-	struct stats *stats;          /* counters of every role (stats.h) */
-	struct store *store;          /* the map, as agents and replicas see it (store.h) */
+	struct stats *stats; /* counters of every role (stats.h) */
+	struct store *store; /* the map, as agents and replicas see it (store.h) */
 	struct map_server *map_server;
 	struct node_agent *node;
 	struct replica *replica;
@@ -81,7 +81,8 @@ int node_start(struct bywayd *d);
 void node_stop(struct bywayd *d);
 /* Begin a drain (SIGTERM): withdraw every instance of this node, call done when the map
  * confirmed or after timeout_ms. */
-int node_drain(struct bywayd *d, unsigned int timeout_ms, void (*done)(struct bywayd *d, int status));
+int node_drain(struct bywayd *d, unsigned int timeout_ms,
+	       void (*done)(struct bywayd *d, int status));
 /* Apply a new configuration (SIGHUP, already validated): resources added/removed/changed. */
 int node_reload(struct bywayd *d, struct byway_config *newcfg);
 int replica_start(struct bywayd *d);

@@ -18,11 +18,11 @@
 #include <time.h>
 
 #define LOG_LINE_MAX 1024
-#define RL_KEY_MAX   64
+#define RL_KEY_MAX 64
 
 struct rl_slot {
 	char key[RL_KEY_MAX]; /* "" = free */
-	int64_t sec;	      /* the second count refers to */
+	int64_t sec;          /* the second count refers to */
 	unsigned int count;
 	unsigned int suppressed;
 };

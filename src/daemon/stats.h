@@ -17,26 +17,26 @@
 
 enum stat_kind {
 	/* map role */
-	STAT_REGISTER = 0,    /* instance records accepted */
-	STAT_WITHDRAW,        /* instances withdrawn (by the agent) */
-	STAT_LEASE_EXPIRED,   /* agent leases that expired (entries removed) */
-	STAT_REJECTED,        /* registrations refused (foreign private IP, limits, invalid) */
-	STAT_WATCHERS,        /* watch sessions started */
-	STAT_RELIST,          /* watchers told to relist */
+	STAT_REGISTER = 0,  /* instance records accepted */
+	STAT_WITHDRAW,      /* instances withdrawn (by the agent) */
+	STAT_LEASE_EXPIRED, /* agent leases that expired (entries removed) */
+	STAT_REJECTED,      /* registrations refused (foreign private IP, limits, invalid) */
+	STAT_WATCHERS,      /* watch sessions started */
+	STAT_RELIST,        /* watchers told to relist */
 	/* node role */
-	STAT_LOCAL_REGISTER,  /* listeners registered by applications */
-	STAT_LOCAL_WITHDRAW,  /* listeners withdrawn (close/exit) */
-	STAT_LOCAL_REFUSED,   /* registrations refused (credentials, port, not translatable) */
-	STAT_LINK_DOWN,       /* resource link/address went away: tuples marked gone */
-	STAT_LINK_UP,         /* resource came back */
+	STAT_LOCAL_REGISTER, /* listeners registered by applications */
+	STAT_LOCAL_WITHDRAW, /* listeners withdrawn (close/exit) */
+	STAT_LOCAL_REFUSED,  /* registrations refused (credentials, port, not translatable) */
+	STAT_LINK_DOWN,      /* resource link/address went away: tuples marked gone */
+	STAT_LINK_UP,        /* resource came back */
 	/* resolver role */
-	STAT_QUERY,           /* connect queries answered */
-	STAT_ANSWER_TUPLES,   /* tuples returned in answers */
-	STAT_QUERY_UNKNOWN,   /* queries for something the map does not know */
+	STAT_QUERY,         /* connect queries answered */
+	STAT_ANSWER_TUPLES, /* tuples returned in answers */
+	STAT_QUERY_UNKNOWN, /* queries for something the map does not know */
 	STAT_QUERY_RATELIMITED,
 	/* client reports (wire REPORT counters) and lookups */
-	STAT_LOOKUP,          /* lookups in the local replica */
-	STAT_TRANSLATED,      /* connects that went to a bypass tuple */
+	STAT_LOOKUP,     /* lookups in the local replica */
+	STAT_TRANSLATED, /* connects that went to a bypass tuple */
 	STAT_RETRIED,
 	STAT_CONNECT_FAILED,
 	STAT_FALLBACK_UNKNOWN,
@@ -44,10 +44,10 @@ enum stat_kind {
 	STAT_FALLBACK_EXHAUSTED,
 	STAT_FALLBACK_ERROR,
 	/* protocol hygiene, every role */
-	STAT_AUTH_FAIL,       /* bad or missing MAC, bad handshake */
-	STAT_REPLAY,          /* sequence number not increasing */
-	STAT_MALFORMED,       /* undecodable input */
-	STAT_OVERFLOW,        /* increments that found the table full */
+	STAT_AUTH_FAIL, /* bad or missing MAC, bad handshake */
+	STAT_REPLAY,    /* sequence number not increasing */
+	STAT_MALFORMED, /* undecodable input */
+	STAT_OVERFLOW,  /* increments that found the table full */
 	STAT__N,
 };
 

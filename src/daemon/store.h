@@ -21,11 +21,11 @@
 #include "daemon.h"
 
 enum store_event {
-	STORE_UP = 1,         /* connected, lease granted (agents) / watch established */
-	STORE_DOWN,           /* connection lost; retrying with backoff */
-	STORE_LEASE_LOST,     /* the lease expired on the store side: our entries were removed */
-	STORE_RELIST_BEGIN,   /* a full snapshot follows: drop what you hold at its end */
-	STORE_RELIST_END,     /* snapshot complete at rev */
+	STORE_UP = 1,       /* connected, lease granted (agents) / watch established */
+	STORE_DOWN,         /* connection lost; retrying with backoff */
+	STORE_LEASE_LOST,   /* the lease expired on the store side: our entries were removed */
+	STORE_RELIST_BEGIN, /* a full snapshot follows: drop what you hold at its end */
+	STORE_RELIST_END,   /* snapshot complete at rev */
 };
 
 struct store_watcher {
@@ -39,9 +39,9 @@ struct store_watcher {
 /* Per-node information the store knows (lease age, connection). */
 struct store_node_info {
 	char node[BYWAY_NAME_MAX];
-	bool connected;        /* an agent session is up */
-	uint32_t lease_ms;     /* granted lease */
-	int64_t lease_age_ms;  /* since the last renewal; -1 unknown */
+	bool connected;       /* an agent session is up */
+	uint32_t lease_ms;    /* granted lease */
+	int64_t lease_age_ms; /* since the last renewal; -1 unknown */
 	uint32_t instances;
 };
 

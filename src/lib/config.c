@@ -24,28 +24,28 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define DEFAULT_RESOLVER_PORT	   7701
-#define DEFAULT_CONTROL_PORT	   7702
-#define DEFAULT_SECRET_FILE	   "/etc/byway/secret"
-#define DEFAULT_RUN_DIR		   "/run/byway"
-#define DEFAULT_LEASE_MS	   1000
-#define DEFAULT_RETRY_DELAY_MS	   250
+#define DEFAULT_RESOLVER_PORT 7701
+#define DEFAULT_CONTROL_PORT 7702
+#define DEFAULT_SECRET_FILE "/etc/byway/secret"
+#define DEFAULT_RUN_DIR "/run/byway"
+#define DEFAULT_LEASE_MS 1000
+#define DEFAULT_RETRY_DELAY_MS 250
 #define DEFAULT_CONNECT_TIMEOUT_MS 3000
-#define DEFAULT_NEGATIVE_TTL_MS	   5000
+#define DEFAULT_NEGATIVE_TTL_MS 5000
 
-#define LEASE_MIN_MS	       100u
-#define LEASE_MAX_MS	       3600000u
-#define HEARTBEAT_MIN_MS       10u
-#define RETRY_DELAY_MIN_MS     1u
-#define RETRY_DELAY_MAX_MS     5000u
+#define LEASE_MIN_MS 100u
+#define LEASE_MAX_MS 3600000u
+#define HEARTBEAT_MIN_MS 10u
+#define RETRY_DELAY_MIN_MS 1u
+#define RETRY_DELAY_MAX_MS 5000u
 #define CONNECT_TIMEOUT_MIN_MS 10u
 #define CONNECT_TIMEOUT_MAX_MS 600000u
-#define NEGATIVE_TTL_MIN_MS    1u
-#define NEGATIVE_TTL_MAX_MS    3600000u
-#define RAIL_MAX	       127
+#define NEGATIVE_TTL_MIN_MS 1u
+#define NEGATIVE_TTL_MAX_MS 3600000u
+#define RAIL_MAX 127
 
 #define PREFIX_EMBEDDED "embedded://"
-#define PREFIX_ETCD	"etcd://"
+#define PREFIX_ETCD "etcd://"
 
 /* ---- lexer ---------------------------------------------------------------------------- */
 
@@ -330,8 +330,8 @@ char *byway_config_format_duration(uint32_t ms, char *buf, size_t len)
 
 static int parse_bool(const char *s, bool *ret)
 {
-	static const char *const yes[] = {"yes", "true", "on", "1"};
-	static const char *const no[] = {"no", "false", "off", "0"};
+	static const char *const yes[] = { "yes", "true", "on", "1" };
+	static const char *const no[] = { "no", "false", "off", "0" };
 
 	for (size_t i = 0; i < BYWAY_ARRAY_SIZE(yes); i++) {
 		if (!strcasecmp(s, yes[i])) {
@@ -496,7 +496,7 @@ enum addr_role {
 	ROLE_PRIVATE,
 };
 
-static const char *const role_names[] = {"global", "local", "private"};
+static const char *const role_names[] = { "global", "local", "private" };
 
 static struct addr_ent *addr_find(const struct parser *p, const struct byway_addr *a)
 {
@@ -821,17 +821,17 @@ static int sys_metrics(struct parser *p, unsigned int line, char *v)
 }
 
 static const struct key_def sys_keys[SK__N] = {
-	[SK_NAME] = {"name", sys_name, true, false},
-	[SK_GLOBAL] = {"global", sys_global, true, true},
-	[SK_MAP] = {"map", sys_map, true, false},
-	[SK_RESOLVER_PORT] = {"resolver-port", sys_resolver_port, false, false},
-	[SK_CONTROL_PORT] = {"control-port", sys_control_port, false, false},
-	[SK_SECRET_FILE] = {"secret-file", sys_secret_file, false, false},
-	[SK_LEASE] = {"lease", sys_lease, false, false},
-	[SK_HEARTBEAT] = {"heartbeat", sys_heartbeat, false, false},
-	[SK_RUN_DIR] = {"run-dir", sys_run_dir, false, false},
-	[SK_ALLOW_LOW_PORTS] = {"allow-low-ports", sys_allow_low_ports, false, false},
-	[SK_METRICS] = {"metrics", sys_metrics, false, false},
+	[SK_NAME] = { "name", sys_name, true, false },
+	[SK_GLOBAL] = { "global", sys_global, true, true },
+	[SK_MAP] = { "map", sys_map, true, false },
+	[SK_RESOLVER_PORT] = { "resolver-port", sys_resolver_port, false, false },
+	[SK_CONTROL_PORT] = { "control-port", sys_control_port, false, false },
+	[SK_SECRET_FILE] = { "secret-file", sys_secret_file, false, false },
+	[SK_LEASE] = { "lease", sys_lease, false, false },
+	[SK_HEARTBEAT] = { "heartbeat", sys_heartbeat, false, false },
+	[SK_RUN_DIR] = { "run-dir", sys_run_dir, false, false },
+	[SK_ALLOW_LOW_PORTS] = { "allow-low-ports", sys_allow_low_ports, false, false },
+	[SK_METRICS] = { "metrics", sys_metrics, false, false },
 };
 
 /* ---- [policy] ---- */
@@ -870,11 +870,11 @@ static int pol_negative_ttl(struct parser *p, unsigned int line, char *v)
 }
 
 static const struct key_def pol_keys[PK__N] = {
-	[PK_SELECTION] = {"selection", pol_selection, false, false},
-	[PK_RETRY_DELAY] = {"retry-delay", pol_retry_delay, false, false},
-	[PK_CONNECT_TIMEOUT] = {"connect-timeout", pol_connect_timeout, false, false},
-	[PK_FALLBACK] = {"fallback", pol_fallback, false, false},
-	[PK_NEGATIVE_TTL] = {"negative-ttl", pol_negative_ttl, false, false},
+	[PK_SELECTION] = { "selection", pol_selection, false, false },
+	[PK_RETRY_DELAY] = { "retry-delay", pol_retry_delay, false, false },
+	[PK_CONNECT_TIMEOUT] = { "connect-timeout", pol_connect_timeout, false, false },
+	[PK_FALLBACK] = { "fallback", pol_fallback, false, false },
+	[PK_NEGATIVE_TTL] = { "negative-ttl", pol_negative_ttl, false, false },
 };
 
 /* ---- [node NAME] / [client NAME] ---- */
@@ -1025,8 +1025,8 @@ static int node_resource(struct parser *p, unsigned int line, char *v)
 }
 
 static const struct key_def node_keys[NK__N] = {
-	[NK_LOCAL] = {"local", node_local, true, false},
-	[NK_RESOURCE] = {"resource", node_resource, false, true},
+	[NK_LOCAL] = { "local", node_local, true, false },
+	[NK_RESOURCE] = { "resource", node_resource, false, true },
 };
 
 /* ---- sections ---- */

@@ -334,11 +334,13 @@ int byway_system_validate(const struct byway_system *sys, char *err, size_t errl
 		}
 		for (size_t j = 0; j < n->n_resources; j++) {
 			const struct byway_resource *r = &n->resources[j];
-			bool r4 = byway_resource_ip(r, AF_INET), r6 = byway_resource_ip(r, AF_INET6);
+			bool r4 = byway_resource_ip(r, AF_INET),
+			     r6 = byway_resource_ip(r, AF_INET6);
 
 			if (!r->ifname[0] && !(r4 && has4) && !(r6 && has6)) {
 				snprintf(err, errlen,
-					 "%s '%s' resource '%s' has no address of a family the %s has "
+					 "%s '%s' resource '%s' has no address of a family the %s "
+					 "has "
 					 "a local IP for",
 					 kind, n->name, r->name, kind);
 				return -EINVAL;

@@ -28,23 +28,20 @@
 
 #define NEG_TTL_DEFAULT 5000u
 #define NEG_MAX_DEFAULT 256u
-#define NEG_MAX_LIMIT	65536u
-#define NEG_WAYS	8u   /* slots a tuple may occupy: its hash slot and the next 7 */
-#define NEG_READ_TRIES	4    /* seqlock retries before a slot is read as "not this tuple" */
-#define RR_SLOTS	64u  /* round-robin counters, one per destination (hashed) */
-#define MG_CACHE	4u   /* Maglev tables kept per selector, LRU */
+#define NEG_MAX_LIMIT 65536u
+#define NEG_WAYS 8u          /* slots a tuple may occupy: its hash slot and the next 7 */
+#define NEG_READ_TRIES 4     /* seqlock retries before a slot is read as "not this tuple" */
+#define RR_SLOTS 64u         /* round-robin counters, one per destination (hashed) */
+#define MG_CACHE 4u          /* Maglev tables kept per selector, LRU */
 #define MG_MAX_ATTEMPTS 1024 /* table walk for a flow whose tuple is negative-cached */
-#define STACK_CANDS	128u /* candidates kept on the stack (3 KiB); larger views use the heap */
-#define STACK_RUNS	64u  /* nodes likewise */
-#define NEG_BLOOM_BITS	4096u /* filter in front of the negative cache */
+#define STACK_CANDS 128u     /* candidates kept on the stack (3 KiB); larger views use the heap */
+#define STACK_RUNS 64u       /* nodes likewise */
+#define NEG_BLOOM_BITS 4096u /* filter in front of the negative cache */
 
 static const char *const policy_names[BYWAY_POLICY__N] = {
-	[BYWAY_POLICY_ROUND_ROBIN] = "round-robin",
-	[BYWAY_POLICY_RANDOM] = "random",
-	[BYWAY_POLICY_WEIGHTED] = "weighted",
-	[BYWAY_POLICY_MAGLEV] = "maglev",
-	[BYWAY_POLICY_LEAST_LOADED] = "least-loaded",
-	[BYWAY_POLICY_RAIL] = "rail",
+	[BYWAY_POLICY_ROUND_ROBIN] = "round-robin",   [BYWAY_POLICY_RANDOM] = "random",
+	[BYWAY_POLICY_WEIGHTED] = "weighted",         [BYWAY_POLICY_MAGLEV] = "maglev",
+	[BYWAY_POLICY_LEAST_LOADED] = "least-loaded", [BYWAY_POLICY_RAIL] = "rail",
 };
 
 /*
@@ -54,7 +51,7 @@ static const char *const policy_names[BYWAY_POLICY__N] = {
  */
 struct neg_slot {
 	_Atomic uint32_t seq;
-	_Atomic uint64_t w[3];	    /* the tuple: address, address, port | proto << 16 */
+	_Atomic uint64_t w[3];      /* the tuple: address, address, port | proto << 16 */
 	_Atomic uint64_t failed_ms; /* 0 = empty */
 };
 
@@ -78,7 +75,7 @@ struct byway_selector {
 	uint32_t neg_cap;
 	uint32_t neg_ways;
 	bool seeded;
-	_Atomic uint64_t rng;	    /* splitmix64 state when seeded */
+	_Atomic uint64_t rng;       /* splitmix64 state when seeded */
 	_Atomic uint32_t neg_count; /* occupied slots, live or expired */
 	_Atomic uint64_t neg_last;  /* latest failure time recorded */
 	pthread_mutex_t neg_lock;
@@ -99,7 +96,7 @@ struct byway_selector {
 /* A ready tuple of the view being selected from. */
 struct cand {
 	const struct byway_bypass *b;
-	uint32_t g;	  /* group index in the view */
+	uint32_t g;       /* group index in the view */
 	uint32_t node_id; /* the group's node_id */
 	uint64_t failed;  /* failure time while negative-cached, else 0 */
 };
@@ -280,7 +277,7 @@ static uint64_t neg_slot_match(struct neg_slot *sl, const uint64_t w[3])
 
 /* The slots of hash h, after the filter said "maybe". */
 static __attribute__((noinline)) uint64_t neg_probe(struct byway_selector *s, uint64_t w0,
-						     uint64_t w1, uint64_t w2, uint64_t h)
+						    uint64_t w1, uint64_t w2, uint64_t h)
 {
 	const uint64_t w[3] = { w0, w1, w2 };
 	uint64_t tag = h | 1, f;
@@ -346,8 +343,7 @@ static bool neg_slot_is(struct neg_slot *sl, const uint64_t w[3])
 	       atomic_load_explicit(&sl->w[2], memory_order_relaxed) == w[2];
 }
 
-void byway_selector_failed(struct byway_selector *s, const struct byway_tuple *t,
-			   uint64_t now_ms)
+void byway_selector_failed(struct byway_selector *s, const struct byway_tuple *t, uint64_t now_ms)
 {
 	struct neg_slot *victim = NULL, *sl;
 	uint64_t w[3], vf = UINT64_MAX, last, h;
@@ -763,8 +759,7 @@ static void mg_signature(const struct scan *sc, uint64_t sig[2])
 	sig[1] = b;
 }
 
-static struct mg_entry *mg_find_locked(struct byway_selector *s, const uint64_t sig[2],
-				       uint32_t n)
+static struct mg_entry *mg_find_locked(struct byway_selector *s, const uint64_t sig[2], uint32_t n)
 {
 	for (size_t i = 0; i < MG_CACHE; i++) {
 		struct mg_entry *e = s->mg_cache[i];
@@ -866,8 +861,7 @@ err_free:
 	return r;
 }
 
-static int pick_maglev(struct byway_selector *s, const struct scan *sc, uint64_t flow,
-		       size_t *ret)
+static int pick_maglev(struct byway_selector *s, const struct scan *sc, uint64_t flow, size_t *ret)
 {
 	struct mg_entry *e;
 	uint32_t idx = 0;
@@ -1002,7 +996,7 @@ int byway_select(struct byway_selector *s, const struct byway_view *v,
 /* A run of one node's candidates in the order being built. */
 struct run {
 	uint32_t lo, hi; /* its candidates' positions in ord[lo..hi) */
-	uint32_t next;	 /* next position to emit */
+	uint32_t next;   /* next position to emit */
 };
 
 struct ranked {
@@ -1113,13 +1107,13 @@ int byway_select_order(struct byway_selector *s, const struct byway_view *v,
 	if (r < 0)
 		goto out;
 
-#define EMIT(idx)                                                \
-	do {                                                     \
-		const struct cand *c_ = &sc.c[(idx)];            \
-		ret[out] = *c_->b;                               \
-		if (ret_node_ids)                                \
-			ret_node_ids[out] = c_->node_id;         \
-		out++;                                           \
+#define EMIT(idx)                                                                                  \
+	do {                                                                                       \
+		const struct cand *c_ = &sc.c[(idx)];                                              \
+		ret[out] = *c_->b;                                                                 \
+		if (ret_node_ids)                                                                  \
+			ret_node_ids[out] = c_->node_id;                                           \
+		out++;                                                                             \
 	} while (0)
 
 	EMIT(first);

@@ -96,7 +96,7 @@ static int parse_err(const char *text, char *err, size_t errlen)
 }
 
 #define SYS "[system]\nname = lab\nglobal = 10.77.255.1\nmap = 10.77.1.100:7700\n"
-#define N1  "[node n1]\nlocal = 10.77.1.100\nresource = r1 10.77.1.1\n"
+#define N1 "[node n1]\nlocal = 10.77.1.100\nresource = r1 10.77.1.1\n"
 
 /* ---- golden files ---- */
 
@@ -210,14 +210,14 @@ static void test_defaults(void **state)
 
 static void test_entities(void **state)
 {
-	static const char text[] = SYS "\n"				   /* 1-5 */
-				       "[node n1]\n"			   /* 6 */
+	static const char text[] = SYS "\n"                                /* 1-5 */
+				       "[node n1]\n"                       /* 6 */
 				       "local = 10.77.1.100 fd77::1:100\n" /* 7 */
 				       "resource = r1 10.77.1.1 fd77::1:1 weight=2 rail=0\n" /* 8 */
-				       "resource = 10.77.1.2\n"				     /* 9 */
-				       "resource = eth3\n"		     /* 10 */
-				       "[client c1]\n"			     /* 11 */
-				       "local = 10.77.200.1\n"		     /* 12 */
+				       "resource = 10.77.1.2\n"                              /* 9 */
+				       "resource = eth3\n"                   /* 10 */
+				       "[client c1]\n"                       /* 11 */
+				       "local = 10.77.200.1\n"               /* 12 */
 				       "resource = r1 10.77.201.1 rail=5\n"; /* 13 */
 	struct byway_config *cfg = parse_ok(text);
 	const struct byway_system *sys = cfg->sys;
@@ -269,26 +269,26 @@ static void test_durations(void **state)
 		int32_t ms; /* -1: error */
 		const char *norm;
 	} t[] = {
-		{"100ms", 100, "100ms"},
-		{"1000ms", 1000, "1s"},
-		{"1s", 1000, "1s"},
-		{"90s", 90000, "90s"},
-		{"120s", 120000, "2m"},
-		{"60m", 3600000, "60m"},
-		{"1500ms", 1500, "1500ms"},
-		{"0001s", 1000, "1s"},
-		{"99ms", -1, NULL},
-		{"61m", -1, NULL},
-		{"1h", -1, NULL},
-		{"1", -1, NULL},
-		{"s", -1, NULL},
-		{"-1s", -1, NULL},
-		{"1.5s", -1, NULL},
-		{"1 s", -1, NULL},
-		{"1S", -1, NULL},
-		{"1sec", -1, NULL},
-		{"99999999999999999999ms", -1, NULL},
-		{"4294967296ms", -1, NULL},
+		{ "100ms", 100, "100ms" },
+		{ "1000ms", 1000, "1s" },
+		{ "1s", 1000, "1s" },
+		{ "90s", 90000, "90s" },
+		{ "120s", 120000, "2m" },
+		{ "60m", 3600000, "60m" },
+		{ "1500ms", 1500, "1500ms" },
+		{ "0001s", 1000, "1s" },
+		{ "99ms", -1, NULL },
+		{ "61m", -1, NULL },
+		{ "1h", -1, NULL },
+		{ "1", -1, NULL },
+		{ "s", -1, NULL },
+		{ "-1s", -1, NULL },
+		{ "1.5s", -1, NULL },
+		{ "1 s", -1, NULL },
+		{ "1S", -1, NULL },
+		{ "1sec", -1, NULL },
+		{ "99999999999999999999ms", -1, NULL },
+		{ "4294967296ms", -1, NULL },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -322,17 +322,17 @@ static void test_format_duration(void **state)
 		uint32_t ms;
 		const char *s;
 	} t[] = {
-		{0, "0ms"},
-		{1, "1ms"},
-		{999, "999ms"},
-		{1000, "1s"},
-		{1001, "1001ms"},
-		{59000, "59s"},
-		{60000, "1m"},
-		{61000, "61s"},
-		{3600000, "60m"},
-		{4294967295u, "4294967295ms"},
-		{4294920000u, "71582m"},
+		{ 0, "0ms" },
+		{ 1, "1ms" },
+		{ 999, "999ms" },
+		{ 1000, "1s" },
+		{ 1001, "1001ms" },
+		{ 59000, "59s" },
+		{ 60000, "1m" },
+		{ 61000, "61s" },
+		{ 3600000, "60m" },
+		{ 4294967295u, "4294967295ms" },
+		{ 4294920000u, "71582m" },
 	};
 	char buf[32];
 
@@ -347,9 +347,9 @@ static void test_booleans(void **state)
 		const char *in;
 		int v; /* -1 error */
 	} t[] = {
-		{"yes", 1}, {"no", 0}, {"true", 1},  {"false", 0},   {"on", 1},
-		{"off", 0}, {"1", 1},  {"0", 0},     {"YES", 1},     {"Off", 0},
-		{"y", -1},  {"2", -1}, {"yess", -1}, {"enable", -1},
+		{ "yes", 1 }, { "no", 0 }, { "true", 1 },  { "false", 0 },   { "on", 1 },
+		{ "off", 0 }, { "1", 1 },  { "0", 0 },     { "YES", 1 },     { "Off", 0 },
+		{ "y", -1 },  { "2", -1 }, { "yess", -1 }, { "enable", -1 },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -377,9 +377,9 @@ static void test_policies(void **state)
 		const char *in;
 		enum byway_policy p;
 	} t[] = {
-		{"round-robin", BYWAY_POLICY_ROUND_ROBIN},   {"random", BYWAY_POLICY_RANDOM},
-		{"weighted", BYWAY_POLICY_WEIGHTED},	     {"maglev", BYWAY_POLICY_MAGLEV},
-		{"least-loaded", BYWAY_POLICY_LEAST_LOADED}, {"rail", BYWAY_POLICY_RAIL},
+		{ "round-robin", BYWAY_POLICY_ROUND_ROBIN },   { "random", BYWAY_POLICY_RANDOM },
+		{ "weighted", BYWAY_POLICY_WEIGHTED },         { "maglev", BYWAY_POLICY_MAGLEV },
+		{ "least-loaded", BYWAY_POLICY_LEAST_LOADED }, { "rail", BYWAY_POLICY_RAIL },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -405,27 +405,27 @@ static void test_map(void **state)
 		size_t n;
 		const char *norm;
 	} t[] = {
-		{"10.0.0.1:7700", BYWAY_MAP_REMOTE, 1, "10.0.0.1:7700"},
-		{"[fd77::1]:7700", BYWAY_MAP_REMOTE, 1, "[fd77::1]:7700"},
-		{"embedded://10.0.0.1:7700", BYWAY_MAP_EMBEDDED, 1, "embedded://10.0.0.1:7700"},
-		{"etcd://10.0.0.1:2379", BYWAY_MAP_ETCD, 1, "etcd://10.0.0.1:2379"},
-		{"etcd://10.0.0.1:2379, 10.0.0.2:2379,[fd77::3]:2379", BYWAY_MAP_ETCD, 3,
-		 "etcd://10.0.0.1:2379,10.0.0.2:2379,[fd77::3]:2379"},
-		{"etcd://1.0.0.1:1,1.0.0.2:1,1.0.0.3:1,1.0.0.4:1,1.0.0.5:1,1.0.0.6:1,1.0.0.7:1,"
-		 "1.0.0.8:1",
-		 BYWAY_MAP_ETCD, 8, NULL},
-		{"etcd://1.0.0.1:1,1.0.0.2:1,1.0.0.3:1,1.0.0.4:1,1.0.0.5:1,1.0.0.6:1,1.0.0.7:1,"
-		 "1.0.0.8:1,1.0.0.9:1",
-		 -1, 0, NULL},
-		{"etcd://10.0.0.1:2379,10.0.0.1:2379", -1, 0, NULL},
-		{"etcd://", -1, 0, NULL},
-		{"10.0.0.1", -1, 0, NULL},
-		{"fd77::1:7700", -1, 0, NULL},
-		{"10.0.0.1:7700/udp", -1, 0, NULL},
-		{"0.0.0.0:7700", -1, 0, NULL},
-		{"embedded://10.0.0.1:7700,10.0.0.2:7700", -1, 0, NULL},
-		{"http://10.0.0.1:7700", -1, 0, NULL},
-		{"map.example:7700", -1, 0, NULL},
+		{ "10.0.0.1:7700", BYWAY_MAP_REMOTE, 1, "10.0.0.1:7700" },
+		{ "[fd77::1]:7700", BYWAY_MAP_REMOTE, 1, "[fd77::1]:7700" },
+		{ "embedded://10.0.0.1:7700", BYWAY_MAP_EMBEDDED, 1, "embedded://10.0.0.1:7700" },
+		{ "etcd://10.0.0.1:2379", BYWAY_MAP_ETCD, 1, "etcd://10.0.0.1:2379" },
+		{ "etcd://10.0.0.1:2379, 10.0.0.2:2379,[fd77::3]:2379", BYWAY_MAP_ETCD, 3,
+		  "etcd://10.0.0.1:2379,10.0.0.2:2379,[fd77::3]:2379" },
+		{ "etcd://1.0.0.1:1,1.0.0.2:1,1.0.0.3:1,1.0.0.4:1,1.0.0.5:1,1.0.0.6:1,1.0.0.7:1,"
+		  "1.0.0.8:1",
+		  BYWAY_MAP_ETCD, 8, NULL },
+		{ "etcd://1.0.0.1:1,1.0.0.2:1,1.0.0.3:1,1.0.0.4:1,1.0.0.5:1,1.0.0.6:1,1.0.0.7:1,"
+		  "1.0.0.8:1,1.0.0.9:1",
+		  -1, 0, NULL },
+		{ "etcd://10.0.0.1:2379,10.0.0.1:2379", -1, 0, NULL },
+		{ "etcd://", -1, 0, NULL },
+		{ "10.0.0.1", -1, 0, NULL },
+		{ "fd77::1:7700", -1, 0, NULL },
+		{ "10.0.0.1:7700/udp", -1, 0, NULL },
+		{ "0.0.0.0:7700", -1, 0, NULL },
+		{ "embedded://10.0.0.1:7700,10.0.0.2:7700", -1, 0, NULL },
+		{ "http://10.0.0.1:7700", -1, 0, NULL },
+		{ "map.example:7700", -1, 0, NULL },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -464,40 +464,40 @@ static void test_values(void **state)
 		const char *section, *line;
 		bool ok;
 	} t[] = {
-		{"system", "resolver-port = 1", true},
-		{"system", "resolver-port = 65535", true},
-		{"system", "resolver-port = -1", false},
-		{"system", "resolver-port = 0x10", false},
-		{"system", "resolver-port = 1 2", false},
-		{"system", "metrics = 127.0.0.1", false},
-		{"system", "metrics = [::1]:9477", true},
-		{"system", "secret-file = secret", false},
-		{"system", "heartbeat = 999ms", true},
-		{"system", "heartbeat = 9ms", false},
-		{"system", "lease = 100ms", true},
-		{"system", "global = 10.77.1.1", false},
-		{"system", "global = 10.77.255.2 fd77::ff:1", true},
-		{"system", "global = ::", false},
-		{"policy", "connect-timeout = 10ms", true},
-		{"policy", "connect-timeout = 9ms", false},
-		{"policy", "connect-timeout = 10m", true},
-		{"policy", "connect-timeout = 11m", false},
-		{"policy", "negative-ttl = 1ms", true},
-		{"policy", "negative-ttl = 61m", false},
-		{"policy", "retry-delay = 1ms", true},
-		{"policy", "retry-delay = 0ms", false},
-		{"policy", "selection = Round-Robin", false},
-		{"node n1", "resource = eth1 weight=65535", true},
-		{"node n1", "resource = eth1 weight=65536", false},
-		{"node n1", "resource = eth1 weight=1 weight=2", false},
-		{"node n1", "resource = eth1 rail=1 rail=2", false},
-		{"node n1", "resource = eth1 rail=-1", false},
-		{"node n1", "resource = eth1.100", true},
-		{"node n1", "resource = eth1:0", false},
-		{"node n1", "resource = ..", false},
-		{"node n1", "resource = fd77::1:1 fd77::1:2", false},
-		{"node n1", "resource = 10.77.1.9 fd77::1:9 eth9 weight=3 rail=2", true},
-		{"node n1", "resource = 123456789012345", false},
+		{ "system", "resolver-port = 1", true },
+		{ "system", "resolver-port = 65535", true },
+		{ "system", "resolver-port = -1", false },
+		{ "system", "resolver-port = 0x10", false },
+		{ "system", "resolver-port = 1 2", false },
+		{ "system", "metrics = 127.0.0.1", false },
+		{ "system", "metrics = [::1]:9477", true },
+		{ "system", "secret-file = secret", false },
+		{ "system", "heartbeat = 999ms", true },
+		{ "system", "heartbeat = 9ms", false },
+		{ "system", "lease = 100ms", true },
+		{ "system", "global = 10.77.1.1", false },
+		{ "system", "global = 10.77.255.2 fd77::ff:1", true },
+		{ "system", "global = ::", false },
+		{ "policy", "connect-timeout = 10ms", true },
+		{ "policy", "connect-timeout = 9ms", false },
+		{ "policy", "connect-timeout = 10m", true },
+		{ "policy", "connect-timeout = 11m", false },
+		{ "policy", "negative-ttl = 1ms", true },
+		{ "policy", "negative-ttl = 61m", false },
+		{ "policy", "retry-delay = 1ms", true },
+		{ "policy", "retry-delay = 0ms", false },
+		{ "policy", "selection = Round-Robin", false },
+		{ "node n1", "resource = eth1 weight=65535", true },
+		{ "node n1", "resource = eth1 weight=65536", false },
+		{ "node n1", "resource = eth1 weight=1 weight=2", false },
+		{ "node n1", "resource = eth1 rail=1 rail=2", false },
+		{ "node n1", "resource = eth1 rail=-1", false },
+		{ "node n1", "resource = eth1.100", true },
+		{ "node n1", "resource = eth1:0", false },
+		{ "node n1", "resource = ..", false },
+		{ "node n1", "resource = fd77::1:1 fd77::1:2", false },
+		{ "node n1", "resource = 10.77.1.9 fd77::1:9 eth9 weight=3 rail=2", true },
+		{ "node n1", "resource = 123456789012345", false },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {

@@ -67,8 +67,8 @@ static void test_sizes(void **state)
 		uint32_t hint;
 		uint32_t want;
 	} cases[] = {
-		{ 1, 0, 251 },	      { 2, 0, 251 },	    { 3, 0, 307 },
-		{ 10, 0, 1009 },      { 100, 0, 10007 },    { 1000, 0, 100003 },
+		{ 1, 0, 251 },        { 2, 0, 251 },     { 3, 0, 307 },
+		{ 10, 0, 1009 },      { 100, 0, 10007 }, { 1000, 0, 100003 },
 		{ 10, 20000, 20011 }, { 10, 500, 1009 }, /* a smaller hint is ignored */
 		{ 10, 1009, 1009 },
 	};
@@ -178,7 +178,7 @@ static void test_weighted_shares(void **state)
 		{ 3, { 1, 1, 8 } },
 		{ 5, { 100, 0, 300, 50, 50 } },
 		{ 8, { 65535, 1, 1000, 1000, 7, 7, 30000, 2 } }, /* heap */
-		{ 6, { 2, 3, 2, 3, 2, 1 } },			   /* rounds */
+		{ 6, { 2, 3, 2, 3, 2, 1 } },                     /* rounds */
 	};
 
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -327,14 +327,10 @@ static void test_disruption_100(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_sizes),
-		cmocka_unit_test(test_errors),
-		cmocka_unit_test(test_equal_shares),
-		cmocka_unit_test(test_flow_shares),
-		cmocka_unit_test(test_weighted_shares),
-		cmocka_unit_test(test_order_independent),
-		cmocka_unit_test(test_disruption_10),
-		cmocka_unit_test(test_disruption_100),
+		cmocka_unit_test(test_sizes),           cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_equal_shares),    cmocka_unit_test(test_flow_shares),
+		cmocka_unit_test(test_weighted_shares), cmocka_unit_test(test_order_independent),
+		cmocka_unit_test(test_disruption_10),   cmocka_unit_test(test_disruption_100),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -12,16 +12,15 @@
 
 #include <byway/model.h>
 
-static struct byway_addr A(const char *s)
-{
+static struct byway_addr A(const char *s) {
 	struct byway_addr a;
 
 	assert_int_equal(byway_addr_parse(s, &a), 0);
 	return a;
 }
 
-static struct byway_resource R(const char *ifname, const char *ip4, const char *ip6)
-{
+static struct byway_resource
+R(const char *ifname, const char *ip4, const char *ip6) {
 	struct byway_resource r;
 
 	memset(&r, 0, sizeof(r));
@@ -37,7 +36,8 @@ static struct byway_resource R(const char *ifname, const char *ip4, const char *
 }
 
 /* A 2-node system like the lab's: n1 (10.77.1.100; r1 10.77.1.1, r2 10.77.1.2), n2. */
-static int setup(void **state)
+static int
+setup(void **state)
 {
 	struct byway_system *sys;
 	struct byway_node *n;

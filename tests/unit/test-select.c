@@ -37,8 +37,8 @@ struct nspec {
 };
 
 static const enum byway_policy all_policies[] = {
-	BYWAY_POLICY_ROUND_ROBIN, BYWAY_POLICY_RANDOM,	     BYWAY_POLICY_WEIGHTED,
-	BYWAY_POLICY_MAGLEV,	  BYWAY_POLICY_LEAST_LOADED, BYWAY_POLICY_RAIL,
+	BYWAY_POLICY_ROUND_ROBIN, BYWAY_POLICY_RANDOM,       BYWAY_POLICY_WEIGHTED,
+	BYWAY_POLICY_MAGLEV,      BYWAY_POLICY_LEAST_LOADED, BYWAY_POLICY_RAIL,
 };
 #define N_POLICIES (sizeof(all_policies) / sizeof(all_policies[0]))
 
@@ -117,8 +117,7 @@ static void where(const struct byway_bypass *b, size_t *g, size_t *j)
 	*j = (size_t)b->t.addr.b[15] - 1;
 }
 
-static struct byway_selector *mksel(enum byway_policy p, uint64_t seed, uint32_t ttl,
-				    uint32_t max)
+static struct byway_selector *mksel(enum byway_policy p, uint64_t seed, uint32_t ttl, uint32_t max)
 {
 	struct byway_selector_opts o = {
 		.policy = p, .negative_ttl_ms = ttl, .negative_max = max, .seed = seed
@@ -178,7 +177,7 @@ static void test_policy_names(void **state)
 	}
 	assert_int_equal(byway_policy_parse(NULL, &p), -EINVAL);
 	assert_string_equal(byway_policy_name(BYWAY_POLICY__N), "unknown");
-	assert_string_equal(byway_policy_name((enum byway_policy)-1), "unknown");
+	assert_string_equal(byway_policy_name((enum byway_policy) - 1), "unknown");
 }
 
 static void test_selector_new(void **state)
@@ -335,14 +334,16 @@ static void test_weighted(void **state)
 static void test_never_draining_or_gone(void **state)
 {
 	const struct nspec ns[] = {
-		{ 3, { { .state = BYWAY_READY, .rail = 0, .load = 9 },
-		       { .state = BYWAY_DRAINING, .rail = 1, .load = 0, .weight = 1000 },
-		       { .state = BYWAY_GONE, .rail = 0, .load = 0, .weight = 1000 } } },
+		{ 3,
+		  { { .state = BYWAY_READY, .rail = 0, .load = 9 },
+		    { .state = BYWAY_DRAINING, .rail = 1, .load = 0, .weight = 1000 },
+		    { .state = BYWAY_GONE, .rail = 0, .load = 0, .weight = 1000 } } },
 		{ 2,
 		  { { .state = BYWAY_DRAINING, .rail = 1 }, { .state = BYWAY_GONE, .rail = 0 } } },
-		{ 3, { { .state = BYWAY_GONE, .rail = 1 },
-		       { .state = BYWAY_READY, .rail = 1, .load = 9 },
-		       { .state = BYWAY_READY, .rail = 0, .load = 9 } } },
+		{ 3,
+		  { { .state = BYWAY_GONE, .rail = 1 },
+		    { .state = BYWAY_READY, .rail = 1, .load = 9 },
+		    { .state = BYWAY_READY, .rail = 0, .load = 9 } } },
 	};
 	struct byway_view *v = mkview(ns, 3);
 
@@ -621,9 +622,9 @@ static void test_negative_bounded(void **state)
 static void test_all_negative(void **state)
 {
 	static const size_t counts[] = { 2, 2, 4 };
-	static const uint64_t when[3][4] = {
-		{ 1005, 1003 }, { 1007, 1002 }, { 1001, 1006, 1004, 1000 }
-	};
+	static const uint64_t when[3][4] = { { 1005, 1003 },
+					     { 1007, 1002 },
+					     { 1001, 1006, 1004, 1000 } };
 	struct byway_view *v = mkview_counts(counts, 3);
 
 	for (size_t p = 0; p < N_POLICIES; p++) {
@@ -690,7 +691,8 @@ static void check_order(const struct order_case *oc, enum byway_policy pol, uint
 
 	/* Several calls, so round-robin counters and random state move between them. */
 	for (uint64_t call = 0; call < it; call++) {
-		struct byway_select_ctx ctx = { .flow_hash = call * 1000003, .client_rail = 1,
+		struct byway_select_ctx ctx = { .flow_hash = call * 1000003,
+						.client_rail = 1,
 						.now_ms = 1000 };
 		size_t g, j, k;
 		bool in_neg = false;
@@ -731,9 +733,9 @@ static void check_order(const struct order_case *oc, enum byway_policy pol, uint
 		struct byway_selector *c = mksel(pol, 11, 1000, 0);
 
 		for (int f = 0; f < 4 && oc->fail[f][0] >= 0; f++)
-			byway_selector_failed(c, &at(v, (size_t)oc->fail[f][0],
-						     (size_t)oc->fail[f][1])->t,
-					      500 + (uint64_t)(4 - f));
+			byway_selector_failed(
+				c, &at(v, (size_t)oc->fail[f][0], (size_t)oc->fail[f][1])->t,
+				500 + (uint64_t)(4 - f));
 		for (uint64_t w = 0; w < call; w++) /* bring c to the same state */
 			assert_int_equal(byway_select(c, v, &ctx, &one, NULL), 0);
 		assert_int_equal(byway_select_order(c, v, &ctx, pre, NULL, 3, &n2), 0);

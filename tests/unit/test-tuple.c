@@ -168,26 +168,30 @@ static void test_sockaddr(void **state)
 	assert_int_equal(len, sizeof(struct sockaddr_in));
 	assert_int_equal(((struct sockaddr_in *)&ss)->sin_family, AF_INET);
 	assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port), 8080);
-	assert_int_equal(byway_tuple_from_sockaddr((struct sockaddr *)&ss, (socklen_t)len,
-						   IPPROTO_TCP, &t2), 0);
+	assert_int_equal(
+		byway_tuple_from_sockaddr((struct sockaddr *)&ss, (socklen_t)len, IPPROTO_TCP, &t2),
+		0);
 	assert_true(byway_tuple_equal(&t, &t2));
 	assert_int_equal(byway_tuple_to_sockaddr(&t, (struct sockaddr *)&ss, 4), -ENOSPC);
 
 	assert_int_equal(byway_tuple_parse("[fd77::2:1]:443", false, &t), 0);
 	len = byway_tuple_to_sockaddr(&t, (struct sockaddr *)&ss, sizeof(ss));
 	assert_int_equal(len, sizeof(struct sockaddr_in6));
-	assert_int_equal(byway_tuple_from_sockaddr((struct sockaddr *)&ss, (socklen_t)len,
-						   IPPROTO_TCP, &t2), 0);
+	assert_int_equal(
+		byway_tuple_from_sockaddr((struct sockaddr *)&ss, (socklen_t)len, IPPROTO_TCP, &t2),
+		0);
 	assert_true(byway_tuple_equal(&t, &t2));
 
 	/* a v4-mapped sockaddr_in6 is an IPv4 tuple */
 	inet_pton(AF_INET6, "::ffff:10.77.1.1", &sin6.sin6_addr);
-	assert_int_equal(byway_tuple_from_sockaddr((struct sockaddr *)&sin6, sizeof(sin6),
-						   IPPROTO_TCP, &t2), 0);
+	assert_int_equal(
+		byway_tuple_from_sockaddr((struct sockaddr *)&sin6, sizeof(sin6), IPPROTO_TCP, &t2),
+		0);
 	assert_true(byway_addr_is_v4(&t2.addr));
 	sin6.sin6_family = AF_UNIX;
-	assert_int_equal(byway_tuple_from_sockaddr((struct sockaddr *)&sin6, sizeof(sin6),
-						   IPPROTO_TCP, &t2), -EAFNOSUPPORT);
+	assert_int_equal(
+		byway_tuple_from_sockaddr((struct sockaddr *)&sin6, sizeof(sin6), IPPROTO_TCP, &t2),
+		-EAFNOSUPPORT);
 	sin6.sin6_family = AF_INET6;
 	assert_int_equal(byway_tuple_from_sockaddr((struct sockaddr *)&sin6, 8, IPPROTO_TCP, &t2),
 			 -EINVAL);
@@ -197,7 +201,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_format), cmocka_unit_test(test_parse_rejects),
-		cmocka_unit_test(test_addr),	     cmocka_unit_test(test_cmp_hash),
+		cmocka_unit_test(test_addr),         cmocka_unit_test(test_cmp_hash),
 		cmocka_unit_test(test_hash_spread),  cmocka_unit_test(test_sockaddr),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

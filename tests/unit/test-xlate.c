@@ -18,16 +18,15 @@
 
 static struct byway_system *sys;
 
-static struct byway_addr A(const char *s)
-{
+static struct byway_addr A(const char *s) {
 	struct byway_addr a;
 
 	assert_int_equal(byway_addr_parse(s, &a), 0);
 	return a;
 }
 
-static struct byway_tuple T(const char *s)
-{
+static struct byway_tuple
+T(const char *s) {
 	struct byway_tuple t;
 
 	assert_int_equal(byway_tuple_parse(s, false, &t), 0);
@@ -35,15 +34,22 @@ static struct byway_tuple T(const char *s)
 }
 
 /* 3 nodes; n1 and n2 dual stack with 2 and 3 resources; n3 IPv4 only with 1. */
-static int setup(void **state)
+static int
+setup(void **state)
 {
 	static const struct {
 		const char *name, *l4, *l6;
 		const char *r4[3], *r6[3];
 	} nodes[] = {
-		{ "n1", "10.77.1.100", "fd77::1:100", { "10.77.1.1", "10.77.1.2" },
+		{ "n1",
+		  "10.77.1.100",
+		  "fd77::1:100",
+		  { "10.77.1.1", "10.77.1.2" },
 		  { "fd77::1:1", "fd77::1:2" } },
-		{ "n2", "10.77.2.100", "fd77::2:100", { "10.77.2.1", "10.77.2.2", "10.77.2.3" },
+		{ "n2",
+		  "10.77.2.100",
+		  "fd77::2:100",
+		  { "10.77.2.1", "10.77.2.2", "10.77.2.3" },
 		  { "fd77::2:1", "fd77::2:2", NULL } },
 		{ "n3", "10.77.3.100", NULL, { "10.77.3.1" }, { NULL } },
 	};
