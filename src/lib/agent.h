@@ -6,7 +6,8 @@
  * peer's credentials with SO_PEERCRED (uid for ports below 1024, pid for logs).
  *
  * Registration (one per connection; the connection IS the registration):
- *   program -> agent  REGISTER  node "", id 0, service = first = the tuple the program bound
+ *   program -> agent  REGISTER  node: any non-empty name (ignored; the codec refuses ""), id 0,
+ *                               service = first = the tuple the program bound
  *                               (wildcard, local IP or global IP; port; proto), n_bypass 0.
  *   agent -> program  REGISTER  the instance as published: node = this host, id = instance
  *                               id, service = (global IP, P, proto), first = (local IP, P,
