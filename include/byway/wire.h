@@ -89,6 +89,11 @@
  *                    has_bypass bool, then iff has_bypass: bypass tuple)
  *   17 ERROR         either way. status (-4095..-1), seq it refers to u64, message: u8 length
  *                    L (0..255), L bytes, none NUL
+ *   18 NODES         bywayctl/agent -> map: which nodes the map knows. node name (may be
+ *                    empty: every node)
+ *   19 NODE_LIST     map -> requester. the NODES frame's seq u64, map revision u64, n u16
+ *                    (<= BYWAY_WIRE_MAX_NODES), n x (node name (non-empty), connected bool,
+ *                    lease_ms u32, lease_age_ms i64 (>= -1; -1 unknown), instances u32)
  *
  * Every field is present exactly as listed: a payload shorter than its fields, or with bytes
  * left after them, is malformed. The encoding is canonical (one byte string per message), so
@@ -101,7 +106,7 @@
  *   -E2BIG     an element count over its limit, or a string length over its field's limit
  *   -EILSEQ    a NUL byte inside a string
  *   -ERANGE    a value out of its range: enum, bool, flag bits, status, version, empty node
- *              name, max_answers, all-zero DRAIN address
+ *              name, max_answers, all-zero DRAIN address, NODE_LIST lease age below -1
  *   -EINVAL    caller error: the frame is of another type than the decoder's
  *
  * Encoders (byway_wire_encode_*) append one complete frame to a byway_wbuf, or nothing: on any
@@ -137,6 +142,7 @@ extern "C" {
 #define BYWAY_WIRE_MAX_LOADS 256  /* load updates per HEARTBEAT */
 #define BYWAY_WIRE_MAX_ANSWER 256 /* entries per ANSWER */
 #define BYWAY_WIRE_MAX_REPORT 256 /* counters per REPORT */
+#define BYWAY_WIRE_MAX_NODES 4096 /* entries per NODE_LIST (BYWAY_MAX_NODES: every node fits) */
 /* Instances per SNAPSHOT chunk; the payload limit may end a chunk earlier. */
 #define BYWAY_WIRE_MAX_SNAPSHOT 8192
 #define BYWAY_WIRE_MSG_MAX 256    /* ERROR text buffer, with NUL: at most 255 bytes */
@@ -169,7 +175,9 @@ enum byway_wire_type {
 	BYWAY_WIRE_DRAIN = 15,
 	BYWAY_WIRE_REPORT = 16,
 	BYWAY_WIRE_ERROR = 17,
-	BYWAY_WIRE__TYPE_MAX = BYWAY_WIRE_ERROR,
+	BYWAY_WIRE_NODES = 18,
+	BYWAY_WIRE_NODE_LIST = 19,
+	BYWAY_WIRE__TYPE_MAX = BYWAY_WIRE_NODE_LIST,
 };
 
 /* "hello", "hello-ack", "register", ..., "error"; "unknown" for anything else. */
@@ -413,6 +421,27 @@ struct byway_wire_error {
 	char msg[BYWAY_WIRE_MSG_MAX];
 };
 
+struct byway_wire_nodes {
+	char node[BYWAY_NAME_MAX]; /* "" for every node */
+};
+
+/* One node as the map server sees it. */
+struct byway_wire_node_info {
+	char node[BYWAY_NAME_MAX];
+	bool connected;       /* an agent session is up */
+	uint32_t lease_ms;    /* granted lease (0: none granted yet) */
+	int64_t lease_age_ms; /* since the last renewal; -1 unknown */
+	uint32_t instances;   /* instance records the map holds for the node */
+};
+
+/* About 360 KiB: keep it off the stack. */
+struct byway_wire_node_list {
+	uint64_t ref_seq; /* the seq of the NODES frame answered */
+	uint64_t rev;
+	uint16_t n;
+	struct byway_wire_node_info e[BYWAY_WIRE_MAX_NODES];
+};
+
 /* ---- encoders: append one frame with sequence number seq to wb (see the top comment) ---- */
 
 BYWAY_EXPORT int byway_wire_encode_hello(struct byway_wbuf *wb, uint64_t seq,
@@ -447,6 +476,10 @@ BYWAY_EXPORT int byway_wire_encode_report(struct byway_wbuf *wb, uint64_t seq,
 					  const struct byway_wire_report *m);
 BYWAY_EXPORT int byway_wire_encode_error(struct byway_wbuf *wb, uint64_t seq,
 					 const struct byway_wire_error *m);
+BYWAY_EXPORT int byway_wire_encode_nodes(struct byway_wbuf *wb, uint64_t seq,
+					 const struct byway_wire_nodes *m);
+BYWAY_EXPORT int byway_wire_encode_node_list(struct byway_wbuf *wb, uint64_t seq,
+					     const struct byway_wire_node_list *m);
 
 /*
  * SNAPSHOT chunks are built incrementally, so the map can stream byway_map_snapshot() into as
@@ -509,6 +542,10 @@ BYWAY_EXPORT int byway_wire_decode_report(const struct byway_wire_frame *f,
 					  struct byway_wire_report *ret);
 BYWAY_EXPORT int byway_wire_decode_error(const struct byway_wire_frame *f,
 					 struct byway_wire_error *ret);
+BYWAY_EXPORT int byway_wire_decode_nodes(const struct byway_wire_frame *f,
+					 struct byway_wire_nodes *ret);
+BYWAY_EXPORT int byway_wire_decode_node_list(const struct byway_wire_frame *f,
+					     struct byway_wire_node_list *ret);
 
 #ifdef __cplusplus
 }

@@ -91,6 +91,8 @@ static const char *const type_names[] = {
 	[BYWAY_WIRE_DRAIN] = "drain",
 	[BYWAY_WIRE_REPORT] = "report",
 	[BYWAY_WIRE_ERROR] = "error",
+	[BYWAY_WIRE_NODES] = "nodes",
+	[BYWAY_WIRE_NODE_LIST] = "node-list",
 };
 
 const char *byway_wire_type_name(unsigned type)
@@ -864,6 +866,40 @@ int byway_wire_encode_error(struct byway_wbuf *wb, uint64_t seq, const struct by
 	return enc_end(&e);
 }
 
+int byway_wire_encode_nodes(struct byway_wbuf *wb, uint64_t seq, const struct byway_wire_nodes *m)
+{
+	struct enc e;
+
+	enc_begin(&e, wb, BYWAY_WIRE_NODES, seq);
+	enc_name(&e, m->node, false);
+	return enc_end(&e);
+}
+
+int byway_wire_encode_node_list(struct byway_wbuf *wb, uint64_t seq,
+				const struct byway_wire_node_list *m)
+{
+	struct enc e;
+
+	enc_begin(&e, wb, BYWAY_WIRE_NODE_LIST, seq);
+	if (m->n > BYWAY_WIRE_MAX_NODES)
+		enc_fail(&e, -EINVAL);
+	enc_u64(&e, m->ref_seq);
+	enc_u64(&e, m->rev);
+	enc_u16(&e, m->n);
+	for (size_t i = 0; i < m->n && !e.err; i++) {
+		const struct byway_wire_node_info *ni = &m->e[i];
+
+		if (ni->lease_age_ms < -1)
+			enc_fail(&e, -EINVAL);
+		enc_name(&e, ni->node, true);
+		enc_bool(&e, ni->connected);
+		enc_u32(&e, ni->lease_ms);
+		enc_u64(&e, (uint64_t)ni->lease_age_ms);
+		enc_u32(&e, ni->instances);
+	}
+	return enc_end(&e);
+}
+
 /* ---- decoder ---- */
 
 struct dec {
@@ -1487,5 +1523,76 @@ int byway_wire_decode_error(const struct byway_wire_frame *f, struct byway_wire_
 	if (r < 0)
 		return r;
 	*ret = m;
+	return 0;
+}
+
+int byway_wire_decode_nodes(const struct byway_wire_frame *f, struct byway_wire_nodes *ret)
+{
+	struct byway_wire_nodes m;
+	struct dec d;
+	int r;
+
+	r = dec_open(&d, f, BYWAY_WIRE_NODES);
+	if (r < 0)
+		return r;
+	memset(&m, 0, sizeof(m));
+	dec_name(&d, m.node, false);
+	r = dec_close(&d);
+	if (r < 0)
+		return r;
+	*ret = m;
+	return 0;
+}
+
+/* The fewest bytes a NODE_LIST entry occupies: name length, bool, u32, i64, u32. */
+#define NODE_INFO_MIN_LEN (1 + 1 + 4 + 8 + 4)
+
+int byway_wire_decode_node_list(const struct byway_wire_frame *f, struct byway_wire_node_list *ret)
+{
+	/* Too large for the stack; built in place once the whole payload is known to be valid. */
+	struct byway_wire_node_info ni;
+	struct dec d, d2;
+	uint64_t ref_seq, rev;
+	uint16_t n;
+	int r;
+
+	r = dec_open(&d, f, BYWAY_WIRE_NODE_LIST);
+	if (r < 0)
+		return r;
+	ref_seq = dec_u64(&d);
+	rev = dec_u64(&d);
+	n = dec_u16(&d);
+	if (!dec_count(&d, n, BYWAY_WIRE_MAX_NODES, NODE_INFO_MIN_LEN))
+		return dec_close(&d);
+	/* First pass: validate every entry without writing *ret. */
+	d2 = d;
+	for (size_t i = 0; i < n && !d.err; i++) {
+		memset(&ni, 0, sizeof(ni));
+		dec_name(&d, ni.node, true);
+		ni.connected = dec_bool(&d);
+		ni.lease_ms = dec_u32(&d);
+		ni.lease_age_ms = (int64_t)dec_u64(&d);
+		if (!d.err && ni.lease_age_ms < -1)
+			dec_fail(&d, -ERANGE);
+		ni.instances = dec_u32(&d);
+	}
+	r = dec_close(&d);
+	if (r < 0)
+		return r;
+	/* Second pass over the same, now known-good bytes. */
+	ret->ref_seq = ref_seq;
+	ret->rev = rev;
+	ret->n = n;
+	for (size_t i = 0; i < n; i++) {
+		struct byway_wire_node_info *e = &ret->e[i];
+
+		memset(e, 0, sizeof(*e));
+		dec_name(&d2, e->node, true);
+		e->connected = dec_bool(&d2);
+		e->lease_ms = dec_u32(&d2);
+		e->lease_age_ms = (int64_t)dec_u64(&d2);
+		e->instances = dec_u32(&d2);
+	}
+	memset(&ret->e[n], 0, (BYWAY_WIRE_MAX_NODES - n) * sizeof(ret->e[0]));
 	return 0;
 }

@@ -47,6 +47,8 @@ static union {
 	struct byway_wire_drain drain;
 	struct byway_wire_report report;
 	struct byway_wire_error error;
+	struct byway_wire_nodes nodes;
+	struct byway_wire_node_list node_list;
 } msg1, msg2;
 
 static struct byway_instance inst1, inst2;
@@ -169,6 +171,12 @@ static int round_trip(const struct byway_wire_frame *f)
 	case BYWAY_WIRE_ERROR:
 		ROUND(error, error);
 		break;
+	case BYWAY_WIRE_NODES:
+		ROUND(nodes, nodes);
+		break;
+	case BYWAY_WIRE_NODE_LIST:
+		ROUND(node_list, node_list);
+		break;
 	default:
 		/* Unknown types are framed but no decoder takes them. */
 		CHECK(byway_wire_decode_relist(f, &msg1.relist) == -EINVAL);
@@ -233,6 +241,12 @@ static int round_trip(const struct byway_wire_frame *f)
 	case BYWAY_WIRE_ERROR:
 		AGAIN(error, error);
 		break;
+	case BYWAY_WIRE_NODES:
+		AGAIN(nodes, nodes);
+		break;
+	case BYWAY_WIRE_NODE_LIST:
+		AGAIN(node_list, node_list);
+		break;
 	default:
 		break;
 	}
@@ -294,6 +308,7 @@ static void write_seeds(const char *dir)
 	static struct byway_wire_answer ans;
 	static struct byway_wire_report rep;
 	static struct byway_wire_delta delta;
+	static struct byway_wire_node_list nl;
 	static struct byway_instance insts[3];
 	struct byway_wbuf wb;
 	size_t off;
@@ -399,6 +414,18 @@ static void write_seeds(const char *dir)
 				 &(struct byway_wire_error){ .status = -EPROTONOSUPPORT,
 							     .ref_seq = 8,
 							     .msg = "version 2 not supported" }));
+	SEED("18-nodes",
+	     byway_wire_encode_nodes(&wb, 2, &(struct byway_wire_nodes){ .node = "n1" }));
+	nl.ref_seq = 2;
+	nl.rev = 45;
+	nl.n = 2;
+	nl.e[0] = (struct byway_wire_node_info){ .node = "n1",
+						 .connected = true,
+						 .lease_ms = 1000,
+						 .lease_age_ms = 120,
+						 .instances = 3 };
+	nl.e[1] = (struct byway_wire_node_info){ .node = "n2", .lease_age_ms = -1 };
+	SEED("19-node-list", byway_wire_encode_node_list(&wb, 3, &nl));
 
 	/* a sealed frame, and a stream of three frames (one of them sealed) */
 	byway_wbuf_reset(&wb);

@@ -189,6 +189,8 @@ CODEC(answer, struct byway_wire_answer)
 CODEC(drain, struct byway_wire_drain)
 CODEC(report, struct byway_wire_report)
 CODEC(error, struct byway_wire_error)
+CODEC(nodes, struct byway_wire_nodes)
+CODEC(node_list, struct byway_wire_node_list)
 
 /* Fill a message for variant v (0..n_variants-1); compare two messages field by field. */
 
@@ -539,6 +541,62 @@ static bool eq_error(const void *pa, const void *pb)
 	return a->status == b->status && a->ref_seq == b->ref_seq && !strcmp(a->msg, b->msg);
 }
 
+static void fill_nodes(void *p, int v)
+{
+	struct byway_wire_nodes *m = p;
+
+	if (v)
+		longest_name(m->node, 'q');
+}
+
+static bool eq_nodes(const void *pa, const void *pb)
+{
+	const struct byway_wire_nodes *a = pa, *b = pb;
+
+	return !strcmp(a->node, b->node);
+}
+
+/* Variant 0: an empty list; 1: three entries with extreme values. */
+static void fill_node_list(void *p, int v)
+{
+	struct byway_wire_node_list *m = p;
+
+	m->ref_seq = v ? UINT64_MAX : 0;
+	m->rev = v ? UINT64_MAX - 1 : 0;
+	if (!v)
+		return;
+	m->n = 3;
+	longest_name(m->e[0].node, 'a');
+	m->e[0].connected = true;
+	m->e[0].lease_ms = UINT32_MAX;
+	m->e[0].lease_age_ms = INT64_MAX;
+	m->e[0].instances = UINT32_MAX;
+	strcpy(m->e[1].node, "b");
+	m->e[1].lease_age_ms = -1;
+	strcpy(m->e[2].node, "n3");
+	m->e[2].connected = true;
+	m->e[2].lease_ms = 1000;
+	m->e[2].lease_age_ms = 250;
+	m->e[2].instances = 7;
+}
+
+static bool eq_node_list(const void *pa, const void *pb)
+{
+	const struct byway_wire_node_list *a = pa, *b = pb;
+
+	if (a->ref_seq != b->ref_seq || a->rev != b->rev || a->n != b->n)
+		return false;
+	for (unsigned i = 0; i < a->n; i++) {
+		const struct byway_wire_node_info *x = &a->e[i], *y = &b->e[i];
+
+		if (strcmp(x->node, y->node) || x->connected != y->connected ||
+		    x->lease_ms != y->lease_ms || x->lease_age_ms != y->lease_age_ms ||
+		    x->instances != y->instances)
+			return false;
+	}
+	return true;
+}
+
 struct codec {
 	const char *name;
 	uint8_t type;
@@ -572,6 +630,8 @@ static const struct codec codecs[] = {
 	C(DRAIN, drain, struct byway_wire_drain, 3),
 	C(REPORT, report, struct byway_wire_report, 2),
 	C(ERROR, error, struct byway_wire_error, 2),
+	C(NODES, nodes, struct byway_wire_nodes, 2),
+	C(NODE_LIST, node_list, struct byway_wire_node_list, 2),
 };
 #undef C
 
@@ -744,6 +804,105 @@ static void test_golden_withdraw_node(void **state)
 	assert_int_equal(wb.len, BYWAY_WIRE_HDR_LEN + sizeof(want));
 	assert_memory_equal(wb.p + BYWAY_WIRE_HDR_LEN, want, sizeof(want));
 	byway_wbuf_free(&wb);
+}
+
+static void test_golden_node_list(void **state)
+{
+	static const uint8_t want[] = {
+		/* clang-format off */
+		0, 0, 0, 0, 0, 0, 0, 0x09,                      /* ref_seq */
+		0, 0, 0, 0, 0, 0, 0x01, 0x00,                   /* rev */
+		0x00, 0x02,                                     /* n */
+		0x02, 'n', '1',                                 /* node */
+		0x01,                                           /* connected */
+		0x00, 0x00, 0x03, 0xE8,                         /* lease_ms 1000 */
+		0, 0, 0, 0, 0, 0, 0, 0x7B,                      /* lease_age_ms 123 */
+		0x00, 0x00, 0x00, 0x05,                         /* instances */
+		0x01, 'x',                                      /* node */
+		0x00,                                           /* not connected */
+		0x00, 0x00, 0x00, 0x00,                         /* lease_ms 0 */
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, /* lease_age_ms -1 */
+		0x00, 0x00, 0x00, 0x00,                         /* instances */
+		/* clang-format on */
+	};
+	struct byway_wire_node_list *m = calloc(1, sizeof(*m));
+	struct byway_wbuf wb;
+
+	assert_non_null(m);
+	m->ref_seq = 9;
+	m->rev = 256;
+	m->n = 2;
+	m->e[0] = (struct byway_wire_node_info){ .node = "n1",
+						 .connected = true,
+						 .lease_ms = 1000,
+						 .lease_age_ms = 123,
+						 .instances = 5 };
+	m->e[1] = (struct byway_wire_node_info){ .node = "x", .lease_age_ms = -1 };
+	byway_wbuf_init(&wb, 0);
+	assert_int_equal(byway_wire_encode_node_list(&wb, 0, m), 0);
+	assert_int_equal(wb.len, BYWAY_WIRE_HDR_LEN + sizeof(want));
+	assert_int_equal(wb.p[3], 19);
+	assert_memory_equal(wb.p + BYWAY_WIRE_HDR_LEN, want, sizeof(want));
+	byway_wbuf_reset(&wb);
+	assert_int_equal(byway_wire_encode_nodes(&wb, 0, &(struct byway_wire_nodes){ .node = "" }),
+			 0);
+	assert_int_equal(wb.len, BYWAY_WIRE_HDR_LEN + 1);
+	assert_int_equal(wb.p[3], 18);
+	assert_int_equal(wb.p[BYWAY_WIRE_HDR_LEN], 0);
+	byway_wbuf_free(&wb);
+	free(m);
+}
+
+/* A full NODE_LIST (every node of the largest system, longest names) fits one frame; one
+ * entry more is refused by the encoder; the decoder refuses a bad entry at the end. */
+static void test_node_list_max(void **state)
+{
+	struct byway_wire_node_list *m = calloc(1, sizeof(*m)), *m2 = malloc(sizeof(*m));
+	struct byway_wire_frame f;
+	struct byway_wbuf wb;
+
+	assert_non_null(m);
+	assert_non_null(m2);
+	assert_int_equal(BYWAY_WIRE_MAX_NODES, BYWAY_MAX_NODES);
+	m->n = BYWAY_WIRE_MAX_NODES;
+	for (unsigned i = 0; i < m->n; i++) {
+		longest_name(m->e[i].node, 'n');
+		snprintf(m->e[i].node, 8, "%06u", i);
+		m->e[i].node[6] = 'n';
+		m->e[i].lease_age_ms = (int64_t)i - 1;
+		m->e[i].instances = i;
+	}
+	byway_wbuf_init(&wb, 0);
+	assert_int_equal(byway_wire_encode_node_list(&wb, 5, m), 0);
+	assert_int_equal(byway_wire_frame_parse(wb.p, wb.len, &f), 0);
+	assert_int_equal(byway_wire_decode_node_list(&f, m2), 0);
+	assert_true(eq_node_list(m, m2));
+	assert_int_equal(m2->e[4095].instances, 4095);
+
+	/* the last entry's lease age below -1: the whole message is refused, *ret untouched */
+	byway_wbuf_reset(&wb);
+	m->e[4095].lease_age_ms = -1;
+	assert_int_equal(byway_wire_encode_node_list(&wb, 5, m), 0);
+	memset(wb.p + wb.len - 12, 0xff, 8);
+	wb.p[wb.len - 5] = 0xfe; /* -2 */
+	assert_int_equal(byway_wire_frame_parse(wb.p, wb.len, &f), 0);
+	memset(m2, 0x5a, sizeof(*m2));
+	assert_int_equal(byway_wire_decode_node_list(&f, m2), -ERANGE);
+	assert_int_equal(m2->n, 0x5a5a);
+
+	byway_wbuf_reset(&wb);
+	m->n = BYWAY_WIRE_MAX_NODES + 1;
+	assert_int_equal(byway_wire_encode_node_list(&wb, 5, m), -EINVAL);
+	m->n = 1;
+	m->e[0].lease_age_ms = -2;
+	assert_int_equal(byway_wire_encode_node_list(&wb, 5, m), -EINVAL);
+	m->e[0].lease_age_ms = 0;
+	m->e[0].node[0] = '\0';
+	assert_int_equal(byway_wire_encode_node_list(&wb, 5, m), -EINVAL);
+	assert_int_equal(wb.len, 0);
+	byway_wbuf_free(&wb);
+	free(m);
+	free(m2);
 }
 
 /* The documented encoded sizes hold for the smallest and largest instance. */
@@ -1418,6 +1577,64 @@ static void b_withdraw_empty(struct pb *p)
 	pb_u64(p, 1);
 }
 
+static void b_node_entry(struct pb *p, const char *node, uint8_t connected, uint64_t age)
+{
+	pb_str(p, node);
+	pb_u8(p, connected);
+	pb_u32(p, 1000);
+	pb_u64(p, age);
+	pb_u32(p, 1);
+}
+
+static void b_node_list_head(struct pb *p, uint16_t n)
+{
+	pb_u64(p, 1);
+	pb_u64(p, 2);
+	pb_u16(p, n);
+}
+
+static void b_node_list_ok(struct pb *p)
+{
+	b_node_list_head(p, 2);
+	b_node_entry(p, "n1", 1, 5);
+	b_node_entry(p, "n2", 0, UINT64_MAX);
+}
+
+static void b_node_list_limit(struct pb *p)
+{
+	b_node_list_head(p, BYWAY_WIRE_MAX_NODES + 1);
+}
+
+static void b_node_list_remaining(struct pb *p)
+{
+	b_node_list_head(p, 2);
+	b_node_entry(p, "n1", 1, 5);
+}
+
+static void b_node_list_age(struct pb *p)
+{
+	b_node_list_head(p, 1);
+	b_node_entry(p, "n1", 1, (uint64_t)-2);
+}
+
+static void b_node_list_bool(struct pb *p)
+{
+	b_node_list_head(p, 1);
+	b_node_entry(p, "n1", 2, 0);
+}
+
+static void b_node_list_empty_name(struct pb *p)
+{
+	b_node_list_head(p, 1);
+	b_node_entry(p, "", 1, 0);
+}
+
+static void b_nodes_nul(struct pb *p)
+{
+	pb_u8(p, 2);
+	pb_raw(p, "a\0", 2);
+}
+
 static const struct bad_case bad_cases[] = {
 	/* controls: the builders produce valid payloads when nothing is broken */
 	{ "register ok", BYWAY_WIRE_REGISTER, 0, b_reg_ok },
@@ -1427,6 +1644,7 @@ static const struct bad_case bad_cases[] = {
 	{ "snapshot ok", BYWAY_WIRE_SNAPSHOT, 0, b_snap_ok },
 	{ "delta del ok", BYWAY_WIRE_DELTA, 0, b_delta_del_ok },
 	{ "error 255 bytes", BYWAY_WIRE_ERROR, 0, b_error_255 },
+	{ "node-list ok", BYWAY_WIRE_NODE_LIST, 0, b_node_list_ok },
 
 	{ "n_bypass over limit", BYWAY_WIRE_REGISTER, -E2BIG, b_reg_count_limit },
 	{ "n_bypass over remaining", BYWAY_WIRE_REGISTER, -EBADMSG, b_reg_count_remaining },
@@ -1481,6 +1699,12 @@ static const struct bad_case bad_cases[] = {
 	{ "report bypass proto 0", BYWAY_WIRE_REPORT, -ERANGE, b_report_bypass_proto },
 	{ "error status 0", BYWAY_WIRE_ERROR, -ERANGE, b_error_status0 },
 	{ "error NUL in message", BYWAY_WIRE_ERROR, -EILSEQ, b_error_nul },
+	{ "node-list over limit", BYWAY_WIRE_NODE_LIST, -E2BIG, b_node_list_limit },
+	{ "node-list over remaining", BYWAY_WIRE_NODE_LIST, -EBADMSG, b_node_list_remaining },
+	{ "node-list lease age -2", BYWAY_WIRE_NODE_LIST, -ERANGE, b_node_list_age },
+	{ "node-list connected 2", BYWAY_WIRE_NODE_LIST, -ERANGE, b_node_list_bool },
+	{ "node-list empty node", BYWAY_WIRE_NODE_LIST, -ERANGE, b_node_list_empty_name },
+	{ "nodes NUL in name", BYWAY_WIRE_NODES, -EILSEQ, b_nodes_nul },
 };
 
 static const struct codec *codec_of(uint8_t type)
@@ -1944,6 +2168,8 @@ int main(void)
 		cmocka_unit_test(test_golden_relist),
 		cmocka_unit_test(test_golden_query),
 		cmocka_unit_test(test_golden_withdraw_node),
+		cmocka_unit_test(test_golden_node_list),
+		cmocka_unit_test(test_node_list_max),
 		cmocka_unit_test(test_instance_sizes),
 		cmocka_unit_test(test_peek),
 		cmocka_unit_test(test_stream_of_frames),
