@@ -71,4 +71,7 @@ int store_nodes(struct store *s,
 		void (*done)(void *arg, int status, const struct store_node_info *ni, size_t n),
 		void *arg);
 
+/* Backends, called by store_open() only: the embedded map server's protocol. */
+int store_embedded_open(struct bywayd *d, struct store **ret);
+
 #endif
