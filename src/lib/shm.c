@@ -500,8 +500,11 @@ static int mapping_read(struct shm_mapping *mp, struct shm_query *q)
 			} else {
 				size_t c = n < q->cap ? n : q->cap;
 
-				memcpy(q->ret, area_tuples(area, g) + off, c * sizeof(*q->ret));
-				if (q->ret_node_ids)
+				/* cap 0 (a count-only lookup) may pass ret == NULL */
+				if (c)
+					memcpy(q->ret, area_tuples(area, g) + off,
+					       c * sizeof(*q->ret));
+				if (c && q->ret_node_ids)
 					memcpy(q->ret_node_ids, area_node_ids(area, g) + off,
 					       c * sizeof(*q->ret_node_ids));
 			}
