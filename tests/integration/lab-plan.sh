@@ -100,7 +100,7 @@ expected=$(
 [system]
 name = tplan
 global = 10.77.255.1 fd77::255:1
-map = 10.77.1.100:7700
+map = embedded://10.77.1.100:7700
 resolver-port = 7701
 control-port = 7702
 secret-file = /run/byway-lab/tplan/secret

@@ -461,3 +461,222 @@ wait_file() {
 json_get() {
 	"$PYTHON" -c 'import json,sys; print(int(json.loads(sys.argv[1]).get(sys.argv[2], 0)))' "$1" "$2"
 }
+
+# ---------------------------------------------------------------------------------------------
+# Control-plane tests (cp-*.sh): the real bywayd in the lab (byway-lab start), bywayctl and
+# cp-tool (tests/integration/cp-tool.c, a program using the public C API) run inside its hosts.
+
+CP_TOOL=${BYWAY_CP_TOOL:-${BYWAY_BUILDDIR:+$BYWAY_BUILDDIR/tests/integration/cp-tool}}
+BYWAYD=${BYWAY_BUILDDIR:+$BYWAY_BUILDDIR/src/daemon/bywayd}
+BYWAYCTL=${BYWAY_BUILDDIR:+$BYWAY_BUILDDIR/src/ctl/bywayctl}
+
+# require_cp: the preamble of a cp test. Skips only when the machine cannot run lab tests (not
+# root, no namespaces); a program that is not built is a failure (Bail out), since these tests
+# exist to run it.
+require_cp() {
+	require_lab
+	[[ -n $BYWAY_BUILDDIR ]] || bail_out "BYWAY_BUILDDIR is not set (run through meson test)"
+	export BYWAY_BUILDDIR
+	local p
+	for p in "$BYWAYD" "$BYWAYCTL" "$CP_TOOL"; do
+		[[ -x $p ]] || bail_out "not built: $p"
+	done
+	require_prog ss
+}
+
+# cp_lab_up NAME ARGS...: lab_up with bywayd started on every host (byway-lab up --start).
+cp_lab_up() {
+	lab_up "$@" --start
+}
+
+# bx HOST CMD...: CMD inside HOST with byway's environment (byway-lab exec).
+bx() {
+	local host=$1
+	shift
+	"$BYWAY_LAB" exec --name "$LAB_NAME" "$host" -- "$@"
+}
+
+# ctl HOST ARGS...: bywayctl on HOST.
+ctl() {
+	local host=$1
+	shift
+	bx "$host" "$BYWAYCTL" "$@"
+}
+
+# jq_py JSON EXPR: a Python expression over the parsed JSON 'd' (ints and strings printed as
+# they are, other values as JSON).
+jq_py() {
+	"$PYTHON" -c '
+import json, sys
+try:
+    d = json.loads(sys.argv[1])
+except ValueError:
+    print("(not JSON: %r)" % sys.argv[1][:200])
+    sys.exit(1)
+v = eval(sys.argv[2], {"d": d, "len": len, "sum": sum, "sorted": sorted, "set": set})
+print(v if isinstance(v, (int, str)) else json.dumps(v, sort_keys=True))' "$1" "$2"
+}
+
+# stat_total HOST COUNTER: a counter's total as 'bywayctl stats --json' on HOST reports it.
+stat_total() {
+	local out
+	out=$(ctl "$1" --json stats 2>/dev/null) || { echo -1; return 1; }
+	jq_py "$out" "d['totals'].get('$2', 0)"
+}
+
+# bywayd_pid HOST: the pid of the bywayd byway-lab start ran on HOST (from the lab's state).
+bywayd_pid() {
+	sed -n "s/^pid\.$1=//p" "/run/byway-lab/$LAB_NAME/state" 2>/dev/null
+}
+
+# bywayd_running HOST: the bywayd byway-lab started on HOST is alive (not gone, not a zombie:
+# a crashed daemon may stay a zombie for a while when init reaps late).
+bywayd_running() {
+	local pid st
+	pid=$(bywayd_pid "$1")
+	[[ -n $pid ]] || return 1
+	st=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+	[[ -n $st && $st != Z && $st != X ]]
+}
+
+# replica HOST: the path of HOST's shared-memory replica.
+replica() {
+	printf '/run/byway-lab/%s/run/%s/replica' "$LAB_NAME" "$1"
+}
+
+# The example programs (examples/echo-server, echo-client), when built.
+ECHO_SERVER=${BYWAY_ECHO_SERVER:-${BYWAY_BUILDDIR:+$BYWAY_BUILDDIR/examples/echo-server}}
+ECHO_CLIENT=${BYWAY_ECHO_CLIENT:-${BYWAY_BUILDDIR:+$BYWAY_BUILDDIR/examples/echo-client}}
+have_examples() {
+	[[ -x $ECHO_SERVER && -x $ECHO_CLIENT ]]
+}
+
+# SERVE_PID / SERVE_LOG: set by serve; SERVE_PIDS: every server started.
+SERVE_PID='' SERVE_LOG='' SERVE_PIDS=()
+# serve HOST PORT [ARGS...]: cp-tool serve on HOST in the background (stopped at exit); waits
+# until it prints 'listening' (and so is registered). Its output goes to SERVE_LOG.
+# serve_echo HOST PORT [ARGS...]: the same with examples/echo-server.
+serve() {
+	serve_prog "$1" "$2" "$CP_TOOL" serve -p "$2" "${@:3}"
+}
+serve_echo() {
+	serve_prog "$1" "$2" "$ECHO_SERVER" "${@:3}" "$2"
+}
+serve_prog() {
+	local host=$1 port=$2 n
+	shift 2
+	SERVE_LOG=$TEST_TMP/serve-$host-$port-$RANDOM.log
+	# exec all the way down (byway-lab exec execs too): SERVE_PID is the server's own pid.
+	(exec "$BYWAY_LAB" exec --name "$LAB_NAME" "$host" -- "$@" >"$SERVE_LOG" 2>&1) &
+	SERVE_PID=$!
+	SERVE_PIDS+=("$SERVE_PID")
+	at_exit "kill_pid $SERVE_PID"
+	for ((n = 0; n < 200; n++)); do
+		grep -q '^listening' "$SERVE_LOG" 2>/dev/null && return 0
+		kill -0 "$SERVE_PID" 2>/dev/null || break
+		sleep 0.02
+	done
+	diag "${1##*/} on $host port $port did not start:" "$(cat "$SERVE_LOG")"
+	return 1
+}
+
+# wait_map HOST EXPR [SECONDS]: polls 'bywayctl map --json' on HOST until the Python
+# expression EXPR over it (d) is true; prints the last map. 0, or 1 after SECONDS (default 5).
+wait_map() {
+	local host=$1 expr=$2 secs=${3:-5} out n
+	for ((n = 0; n < secs * 20; n++)); do
+		out=$(ctl "$host" --json map 2>&1)
+		if [[ -n $out && $(jq_py "$out" "bool($expr)" 2>/dev/null) == True ]]; then
+			printf '%s\n' "$out"
+			return 0
+		fi
+		sleep 0.05
+	done
+	printf '%s\n' "$out"
+	return 1
+}
+
+# wait_resolve HOST IP:PORT N [SECONDS]: polls 'bywayctl resolve --json' on HOST until it
+# returns exactly N ready tuples; prints the last answer. 0, or 1 after SECONDS (default 5).
+wait_resolve() {
+	local host=$1 dst=$2 want=$3 secs=${4:-5} out n
+	for ((n = 0; n < secs * 20; n++)); do
+		out=$(ctl "$host" --json resolve "$dst" 2>&1)
+		[[ $(jq_py "$out" 'len(d["tuples"])' 2>/dev/null) == "$want" ]] && {
+			printf '%s\n' "$out"
+			return 0
+		}
+		sleep 0.05
+	done
+	printf '%s\n' "$out"
+	return 1
+}
+
+# map_tuples JSON [STATE]: the bypass tuples of a 'bywayctl map --json', "tuple@node" sorted,
+# space-separated (only those in STATE when given).
+map_tuples() {
+	"$PYTHON" -c '
+import json, sys
+try:
+    d = json.loads(sys.argv[1])
+except ValueError:
+    print("(not JSON: %r)" % sys.argv[1][:200])
+    sys.exit(1)
+want = sys.argv[2] if len(sys.argv) > 2 else None
+out = []
+for s in d.get("services", []):
+    for n in s["nodes"]:
+        for i in n["instances"]:
+            for b in i["bypass"]:
+                if want is None or b["state"] == want:
+                    out.append("%s@%s" % (b["tuple"], n["node"]))
+print(" ".join(sorted(out)))' "$@"
+}
+
+# CAP_PID / CAP_FILE: set by capture_start.
+CAP_PID='' CAP_FILE=''
+# capture_start HOST IFACE FILTER...: tcpdump on IFACE inside HOST (one line per packet, into
+# CAP_FILE) until capture_stop; waits until tcpdump listens.
+capture_start() {
+	local host=$1 dev=$2 n
+	shift 2
+	CAP_FILE=$TEST_TMP/cap-$host-$dev-$RANDOM
+	(exec ip netns exec "$LAB_NAME-$host" timeout 120 tcpdump -i "$dev" -nn -l -Q out "$@" \
+		>"$CAP_FILE" 2>"$CAP_FILE.err") &
+	CAP_PID=$!
+	at_exit "kill_pid $CAP_PID"
+	for ((n = 0; n < 100; n++)); do
+		grep -q 'listening on' "$CAP_FILE.err" 2>/dev/null && return 0
+		sleep 0.02
+	done
+	diag "tcpdump did not start in $host:" "$(cat "$CAP_FILE.err")"
+	return 1
+}
+
+# capture_stop: ends the capture (tcpdump writes out what it has).
+capture_stop() {
+	sleep 0.1
+	kill -TERM "$CAP_PID" 2>/dev/null
+	wait "$CAP_PID" 2>/dev/null
+	return 0
+}
+
+# cp_finish: the end of a cp test. Stops the servers (SIGTERM) and every bywayd of the lab
+# (byway-lab stop: SIGTERM, SIGKILL only if one does not exit), then checks that no log of a
+# bywayd or a server holds a sanitizer report (ASan, LSan at exit, UBSan), and ends the TAP
+# output (done_testing).
+SANITIZER_RE='ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:'
+cp_finish() {
+	local out f bad=''
+	((${#SERVE_PIDS[@]})) && kill_pid "${SERVE_PIDS[@]}"
+	out=$("$BYWAY_LAB" stop --name "$LAB_NAME" 2>&1)
+	[[ $? == 0 && $out != *SIGKILL* ]]
+	ok_if $? "byway-lab stop: every bywayd exits on SIGTERM" "$out"
+	for f in "/run/byway-lab/$LAB_NAME/logs/"*.log "$TEST_TMP"/serve-*.log; do
+		[[ -f $f ]] && grep -qE "$SANITIZER_RE" "$f" && bad+="$f "
+	done
+	is "$bad" "" "no sanitizer report in the logs of bywayd and the servers"
+	# shellcheck disable=SC2086 # a list of files
+	[[ -n $bad ]] && diag "$(grep -h -B2 -A25 -E "$SANITIZER_RE" $bad | head -80)"
+	done_testing
+}
