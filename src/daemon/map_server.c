@@ -478,6 +478,15 @@ static bool require_node(struct ms_session *s, const char *node, uint64_t seq)
  * the service on a global IP, the first tuple on its local IP, the bypass tuples on its
  * resources' private IPs.
  */
+/* Does node have a resource named by interface only, with no address of this family? */
+static bool node_learns_addresses(const struct byway_node *node, int family)
+{
+	for (size_t i = 0; i < node->n_resources; i++)
+		if (node->resources[i].ifname[0] && !byway_resource_ip(&node->resources[i], family))
+			return true;
+	return false;
+}
+
 static int check_instance(struct ms_session *s, const struct byway_instance *inst, char *msg,
 			  size_t len)
 {
@@ -490,7 +499,10 @@ static int check_instance(struct ms_session *s, const struct byway_instance *ins
 		snprintf(msg, len, "%s is not a node of the configuration", inst->node);
 		return -EPERM;
 	}
-	if (!byway_system_is_global(sys, &inst->service.addr)) {
+	/* The service is a global IP, or the first tuple itself when the system has no global
+	 * IP of that family (node.c publishes such instances under their first tuple). */
+	if (!byway_system_is_global(sys, &inst->service.addr) &&
+	    !byway_tuple_equal(&inst->service, &inst->first)) {
 		snprintf(msg, len, "service address %s is not a global IP",
 			 byway_addr_format(&inst->service.addr, a, sizeof(a)));
 		return -EPERM;
@@ -507,6 +519,14 @@ static int check_instance(struct ms_session *s, const struct byway_instance *ins
 		struct byway_node *owner;
 
 		if (byway_system_find_private(sys, ip, &owner, &res) < 0) {
+			/* A resource configured by interface name only gets its address from the
+			 * interface: accept an address the configuration does not name, for a node
+			 * having such a resource, unless it is a global or local IP. Two nodes
+			 * claiming one address still collide in the map (-EADDRINUSE). */
+			if (!byway_system_is_global(sys, ip) &&
+			    !byway_system_node_by_local(sys, ip) &&
+			    node_learns_addresses(node, byway_addr_family(ip)))
+				continue;
 			snprintf(msg, len, "%s is not a private IP of any resource",
 				 byway_addr_format(ip, a, sizeof(a)));
 			return -EPERM;
