@@ -549,6 +549,23 @@ static int netns_setup(void)
 			r = -errno;
 	}
 	close(fd);
+	/* The ioctl cannot ask for "nodad": until duplicate address detection is over the
+	 * address is tentative and a connect to it fails. Wait (bounded, 3 s) until it can be
+	 * bound, i.e. is usable. */
+	for (int i = 0; !r && i < 300; i++) {
+		struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
+		int s = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		int ok;
+
+		if (s < 0)
+			return -errno;
+		inet_pton(AF_INET6, "fd77::2", &sin6.sin6_addr);
+		ok = bind(s, (struct sockaddr *)&sin6, sizeof(sin6)) == 0;
+		close(s);
+		if (ok)
+			break;
+		usleep(10000);
+	}
 	return r;
 }
 
