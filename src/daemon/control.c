@@ -1250,89 +1250,10 @@ static void cmd_drain(struct ctl_conn *cn, int argc, char **argv)
 /* ------------------------------------------------------------------------------------------ */
 /* stats */
 
-struct stat_row {
-	enum stat_kind kind;
-	bool has_service, has_tuple;
-	struct byway_tuple service, tuple;
-	uint64_t value;
-};
-
-struct stat_rows {
-	struct stat_row *v;
-	size_t n, cap;
-	bool failed;
-};
-
-static void collect_stat(void *arg, enum stat_kind kind, const struct byway_tuple *service,
-			 const struct byway_tuple *tuple, uint64_t value)
-{
-	struct stat_rows *sr = arg;
-	struct stat_row *row;
-
-	if (sr->failed)
-		return;
-	if (sr->n == sr->cap) {
-		size_t cap = sr->cap ? 2 * sr->cap : 64;
-		struct stat_row *v = realloc(sr->v, cap * sizeof(*v));
-
-		if (!v) {
-			sr->failed = true;
-			return;
-		}
-		sr->v = v;
-		sr->cap = cap;
-	}
-	row = &sr->v[sr->n++];
-	memset(row, 0, sizeof(*row));
-	row->kind = kind;
-	row->has_service = service != NULL;
-	row->has_tuple = tuple != NULL;
-	if (service)
-		row->service = *service;
-	if (tuple)
-		row->tuple = *tuple;
-	row->value = value;
-}
-
-/* Daemon-wide counters first, then by service, tuple and kind. */
-static int cmp_stat_row(const void *a, const void *b)
-{
-	const struct stat_row *x = a, *y = b;
-	int r;
-
-	if (x->has_service != y->has_service)
-		return x->has_service ? 1 : -1;
-	if (x->has_service && (r = byway_tuple_cmp(&x->service, &y->service)))
-		return r;
-	if (x->has_tuple != y->has_tuple)
-		return x->has_tuple ? 1 : -1;
-	if (x->has_tuple && (r = byway_tuple_cmp(&x->tuple, &y->tuple)))
-		return r;
-	return (int)x->kind - (int)y->kind;
-}
-
-/* Every non-zero counter of st, sorted (daemon-wide first, then by service, tuple, kind).
- * *ret is malloc'd. */
-static int stats_rows(const struct stats *st, struct stat_row **ret, size_t *ret_n)
-{
-	struct stat_rows sr = { 0 };
-
-	stats_foreach(st, collect_stat, &sr);
-	if (sr.failed) {
-		free(sr.v);
-		return -ENOMEM;
-	}
-	if (sr.n)
-		qsort(sr.v, sr.n, sizeof(sr.v[0]), cmp_stat_row);
-	*ret = sr.v;
-	*ret_n = sr.n;
-	return 0;
-}
-
 static void cmd_stats(struct ctl_conn *cn, int argc, char **argv)
 {
 	struct control *c = cn->c;
-	struct stat_row *rows = NULL;
+	struct stats_row *rows = NULL;
 	struct jb b = { 0 };
 	json_t *doc, *totals, *arr;
 	size_t n = 0;
@@ -1341,7 +1262,7 @@ static void cmd_stats(struct ctl_conn *cn, int argc, char **argv)
 		conn_reply(cn, jerror("usage: stats"));
 		return;
 	}
-	if (stats_rows(c->d->stats, &rows, &n) < 0) {
+	if (stats_rows(c->d->stats, STATS_BY_KEY, &rows, &n) < 0) {
 		conn_reply(cn, NULL);
 		return;
 	}

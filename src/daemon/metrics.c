@@ -67,67 +67,6 @@ static const char *const help[STAT__N] = {
 	[STAT_OVERFLOW] = "Counter increments that found the counter table full.",
 };
 
-struct sample {
-	enum stat_kind kind;
-	bool has_service, has_tuple;
-	struct byway_tuple service, tuple;
-	uint64_t value;
-};
-
-struct samples {
-	struct sample *v;
-	size_t n, cap;
-	bool failed;
-};
-
-static void collect(void *arg, enum stat_kind kind, const struct byway_tuple *service,
-		    const struct byway_tuple *tuple, uint64_t value)
-{
-	struct samples *ss = arg;
-	struct sample *s;
-
-	if (ss->failed)
-		return;
-	if (ss->n == ss->cap) {
-		size_t cap = ss->cap ? 2 * ss->cap : 64;
-		struct sample *v = realloc(ss->v, cap * sizeof(*v));
-
-		if (!v) {
-			ss->failed = true;
-			return;
-		}
-		ss->v = v;
-		ss->cap = cap;
-	}
-	s = &ss->v[ss->n++];
-	memset(s, 0, sizeof(*s));
-	s->kind = kind;
-	s->has_service = service != NULL;
-	s->has_tuple = tuple != NULL;
-	if (service)
-		s->service = *service;
-	if (tuple)
-		s->tuple = *tuple;
-	s->value = value;
-}
-
-/* By kind (one family's samples together, as the format requires), then labels. */
-static int cmp_sample(const void *a, const void *b)
-{
-	const struct sample *x = a, *y = b;
-	int r;
-
-	if (x->kind != y->kind)
-		return (int)x->kind - (int)y->kind;
-	if (x->has_service != y->has_service)
-		return x->has_service ? 1 : -1;
-	if (x->has_service && (r = byway_tuple_cmp(&x->service, &y->service)))
-		return r;
-	if (x->has_tuple != y->has_tuple)
-		return x->has_tuple ? 1 : -1;
-	return x->has_tuple ? byway_tuple_cmp(&x->tuple, &y->tuple) : 0;
-}
-
 /* A label value: backslash, double quote and newline escaped, as the format says. */
 static int add_label_value(struct evbuffer *out, const char *s)
 {
@@ -157,7 +96,7 @@ static int add_label(struct evbuffer *out, bool *first, const char *name, const 
 	return 0;
 }
 
-static int add_sample(struct evbuffer *out, const struct sample *s)
+static int add_sample(struct evbuffer *out, const struct stats_row *s)
 {
 	char buf[BYWAY_TUPLE_STRLEN];
 	bool first = true;
@@ -189,17 +128,15 @@ static int add_gauge(struct evbuffer *out, const char *name, const char *helptex
 static int render(struct metrics *mt, struct evbuffer *out)
 {
 	struct bywayd *d = mt->d;
-	struct samples ss = { 0 };
+	struct stats_row *rows = NULL;
+	size_t n_rows = 0;
 	struct byway_map *m = replica_map(d);
 	bool first;
 	size_t i = 0;
 	int r = -ENOMEM;
 
-	stats_foreach(d->stats, collect, &ss);
-	if (ss.failed)
+	if (stats_rows(d->stats, STATS_BY_KIND, &rows, &n_rows) < 0)
 		goto out;
-	if (ss.n)
-		qsort(ss.v, ss.n, sizeof(ss.v[0]), cmp_sample);
 
 	if (evbuffer_add_printf(out, "# HELP byway_info The byway system and host of this bywayd.\n"
 				     "# TYPE byway_info gauge\nbyway_info") < 0)
@@ -218,13 +155,13 @@ static int render(struct metrics *mt, struct evbuffer *out)
 					"# HELP byway_%s_total %s\n# TYPE byway_%s_total counter\n",
 					name, help[k] ? help[k] : name, name) < 0)
 			goto out;
-		if (i == ss.n || ss.v[i].kind != (enum stat_kind)k) {
+		if (i == n_rows || rows[i].kind != (enum stat_kind)k) {
 			if (evbuffer_add_printf(out, "byway_%s_total 0\n", name) < 0)
 				goto out;
 			continue;
 		}
-		for (; i < ss.n && ss.v[i].kind == (enum stat_kind)k; i++)
-			if (add_sample(out, &ss.v[i]) < 0)
+		for (; i < n_rows && rows[i].kind == (enum stat_kind)k; i++)
+			if (add_sample(out, &rows[i]) < 0)
 				goto out;
 	}
 
@@ -247,7 +184,7 @@ static int render(struct metrics *mt, struct evbuffer *out)
 		goto out;
 	r = 0;
 out:
-	free(ss.v);
+	free(rows);
 	return r;
 }
 

@@ -186,3 +186,87 @@ void stats_foreach(const struct stats *st, stats_fn fn, void *arg)
 			   s->k.has_tuple ? &s->k.tuple : NULL, s->v);
 	}
 }
+
+struct rows {
+	struct stats_row *v;
+	size_t n, cap;
+	bool failed;
+};
+
+static void collect_row(void *arg, enum stat_kind kind, const struct byway_tuple *service,
+			const struct byway_tuple *tuple, uint64_t value)
+{
+	struct rows *rs = arg;
+	struct stats_row *row;
+
+	if (rs->failed)
+		return;
+	if (rs->n == rs->cap) {
+		size_t cap = rs->cap ? 2 * rs->cap : 64;
+		struct stats_row *v = realloc(rs->v, cap * sizeof(*v));
+
+		if (!v) {
+			rs->failed = true;
+			return;
+		}
+		rs->v = v;
+		rs->cap = cap;
+	}
+	row = &rs->v[rs->n++];
+	memset(row, 0, sizeof(*row));
+	row->kind = kind;
+	row->has_service = service != NULL;
+	row->has_tuple = tuple != NULL;
+	if (service)
+		row->service = *service;
+	if (tuple)
+		row->tuple = *tuple;
+	row->value = value;
+}
+
+/* Daemon-wide before per-service, then by service, then tuple (kind not compared). */
+static int cmp_key(const struct stats_row *x, const struct stats_row *y)
+{
+	int r;
+
+	if (x->has_service != y->has_service)
+		return x->has_service ? 1 : -1;
+	if (x->has_service && (r = byway_tuple_cmp(&x->service, &y->service)))
+		return r;
+	if (x->has_tuple != y->has_tuple)
+		return x->has_tuple ? 1 : -1;
+	return x->has_tuple ? byway_tuple_cmp(&x->tuple, &y->tuple) : 0;
+}
+
+static int cmp_by_key(const void *a, const void *b)
+{
+	const struct stats_row *x = a, *y = b;
+	int r = cmp_key(x, y);
+
+	return r ? r : (int)x->kind - (int)y->kind;
+}
+
+static int cmp_by_kind(const void *a, const void *b)
+{
+	const struct stats_row *x = a, *y = b;
+
+	return x->kind != y->kind ? (int)x->kind - (int)y->kind : cmp_key(x, y);
+}
+
+int stats_rows(const struct stats *st, enum stats_order order, struct stats_row **ret,
+	       size_t *ret_n)
+{
+	struct rows rs = { 0 };
+
+	stats_foreach(st, collect_row, &rs);
+	if (rs.failed) {
+		free(rs.v);
+		return -ENOMEM;
+	}
+	if (rs.n)
+		qsort(rs.v, rs.n, sizeof(rs.v[0]),
+		      order == STATS_BY_KIND ? cmp_by_kind : cmp_by_key);
+	*ret = rs.v;
+	*ret_n = rs.n;
+	return 0;
+}

@@ -12,6 +12,7 @@
 
 #include <byway/tuple.h>
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -69,6 +70,23 @@ typedef void (*stats_fn)(void *arg, enum stat_kind kind, const struct byway_tupl
 			 const struct byway_tuple *tuple, uint64_t value);
 /* Every non-zero counter; service/tuple NULL for daemon-wide ones. */
 void stats_foreach(const struct stats *st, stats_fn fn, void *arg);
+/* One counter, as listed by stats_rows(). */
+struct stats_row {
+	enum stat_kind kind;
+	bool has_service, has_tuple;
+	struct byway_tuple service, tuple;
+	uint64_t value;
+};
+
+enum stats_order {
+	STATS_BY_KEY,  /* daemon-wide first, then by service, tuple, kind (bywayctl stats) */
+	STATS_BY_KIND, /* by kind, then daemon-wide first, service, tuple (/metrics families) */
+};
+
+/* Every non-zero counter, sorted; *ret is malloc'd (NULL when there is none). */
+int stats_rows(const struct stats *st, enum stats_order order, struct stats_row **ret,
+	       size_t *ret_n);
+
 /* "register", "fallback_exhausted", ... (snake case, for JSON and Prometheus). */
 const char *stats_kind_name(enum stat_kind kind);
 
