@@ -54,9 +54,9 @@ diag "client loop: $out"
 [[ -s $TEST_TMP/loop.err ]] && diag "client errors:" "$(head -20 "$TEST_TMP/loop.err")"
 is "$(jq_py "$out" 'd["failed_connect"]')" 0 \
 	"no connect failed during the crash (byway_connect retried another tuple)"
-# A request whose connection to n2 was already open when n2 died is lost with n2 (the
-# connection is a plain kernel socket to a dead host; no connect retry can save it): at most
-# one, since the client runs one request at a time.
+# A request whose connection to n2 was already open (or still in n2's accept queue) when n2
+# died is lost with n2 (the connection is a plain kernel socket to a dead host; no connect
+# retry can save it): at most one, since the client runs one request at a time.
 inflight=$(jq_py "$out" 'sum(v for k, v in d["request_errors"].items() if k.startswith("10.77.2."))')
 other=$(jq_py "$out" 'sum(v for k, v in d["request_errors"].items() if not k.startswith("10.77.2."))')
 diag "requests in flight on n2 at the crash, lost with it: $inflight"

@@ -547,16 +547,20 @@ static int cmd_connect(int argc, char **argv)
 		uint64_t t1 = now_us(), dt;
 		int fd, r;
 
+		struct sockaddr_storage peer;
+		socklen_t pl = sizeof(peer);
+
 		fd = dial(ctx, host, (uint16_t)port, plain, (int)timeout);
+		/* The peer is read right after the connect: once the server resets the
+		 * connection (e.g. it died with the connection still in its accept queue)
+		 * getpeername() fails, and the failure must still be attributed to its node. */
+		if (fd < 0 || getpeername(fd, (struct sockaddr *)&peer, &pl))
+			memset(&peer, 0, sizeof(peer));
 		r = fd < 0 ? fd : request(fd, i, node, local, sizeof(node));
 		if (fd >= 0 && r < 0) {
 			/* Connected, then the request failed: say to which tuple. */
-			struct sockaddr_storage peer;
-			socklen_t pl = sizeof(peer);
 			char key[128], pa[BYWAY_TUPLE_STRLEN];
 
-			if (getpeername(fd, (struct sockaddr *)&peer, &pl))
-				memset(&peer, 0, sizeof(peer));
 			snprintf(key, sizeof(key), "%s %s", sa_format(&peer, pa, sizeof(pa)),
 				 strerror(-r));
 			tally_add(&req_errors, key);
