@@ -478,6 +478,15 @@ static bool require_node(struct ms_session *s, const char *node, uint64_t seq)
  * the service on a global IP, the first tuple on its local IP, the bypass tuples on its
  * resources' private IPs.
  */
+/* Does the system have a global IP of this family? */
+static bool has_global(const struct byway_system *sys, int family)
+{
+	for (size_t i = 0; i < sys->n_globals; i++)
+		if (byway_addr_family(&sys->globals[i]) == family)
+			return true;
+	return false;
+}
+
 /* Does node have a resource named by interface only, with no address of this family? */
 static bool node_learns_addresses(const struct byway_node *node, int family)
 {
@@ -502,7 +511,8 @@ static int check_instance(struct ms_session *s, const struct byway_instance *ins
 	/* The service is a global IP, or the first tuple itself when the system has no global
 	 * IP of that family (node.c publishes such instances under their first tuple). */
 	if (!byway_system_is_global(sys, &inst->service.addr) &&
-	    !byway_tuple_equal(&inst->service, &inst->first)) {
+	    !(byway_tuple_equal(&inst->service, &inst->first) &&
+	      !has_global(sys, byway_addr_family(&inst->first.addr)))) {
 		snprintf(msg, len, "service address %s is not a global IP",
 			 byway_addr_format(&inst->service.addr, a, sizeof(a)));
 		return -EPERM;
