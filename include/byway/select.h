@@ -110,8 +110,9 @@ BYWAY_EXPORT int byway_select(struct byway_selector *s, const struct byway_view 
  * (k+1)-th tuple before every node with candidates left gave its k-th. Within a node, tuples
  * are rotated (so retries of different clients spread) and, for rail, same-rail tuples come
  * first; for least-loaded, lower loads first. Then the negative-cached tuples, least
- * recently failed first. Each tuple appears once. ret_node_ids may be NULL. -EINVAL for
- * cap 0.
+ * recently failed first. Each tuple appears once, also when the view holds it twice (two
+ * instances of a node sharing a port register the same bypass set). ret_node_ids may be NULL.
+ * -EINVAL for cap 0.
  */
 BYWAY_EXPORT int byway_select_order(struct byway_selector *s, const struct byway_view *v,
 				    const struct byway_select_ctx *ctx, struct byway_bypass *ret,

@@ -1087,6 +1087,24 @@ static int order_run(struct byway_selector *s, const struct byway_select_ctx *ct
 	return 0;
 }
 
+/*
+ * An open-addressing set of the tuples listed so far (slot = index in list + 1, 0 free;
+ * mask + 1 >= 2 x the candidates, so it never fills). Adds b, which is about to go at
+ * list[n], unless an equal tuple is listed already: true if it was added.
+ */
+static bool seen_add(uint32_t *set, size_t mask, const struct byway_bypass *list,
+		     const struct byway_bypass *b, size_t n)
+{
+	for (size_t i = (size_t)byway_tuple_hash(&b->t) & mask;; i = (i + 1) & mask) {
+		if (set[i] == 0) {
+			set[i] = (uint32_t)n + 1;
+			return true;
+		}
+		if (byway_tuple_equal(&list[set[i] - 1].t, &b->t))
+			return false;
+	}
+}
+
 int byway_select_order(struct byway_selector *s, const struct byway_view *v,
 		       const struct byway_select_ctx *ctx, struct byway_bypass *ret,
 		       uint32_t *ret_node_ids, size_t cap, size_t *ret_n)
@@ -1094,7 +1112,8 @@ int byway_select_order(struct byway_selector *s, const struct byway_view *v,
 	struct scan sc;
 	uint32_t *ord = NULL, *active = NULL, n_ord = 0, n_runs = 0, n_act, first_run = 0;
 	struct run *runs = NULL;
-	size_t first, out = 0;
+	uint32_t *seen = NULL;
+	size_t first, out = 0, seen_mask = 0;
 	uint64_t spin;
 	int r;
 
@@ -1107,13 +1126,20 @@ int byway_select_order(struct byway_selector *s, const struct byway_view *v,
 	if (r < 0)
 		goto out;
 
+		/*
+		 * A tuple is listed once: two instances on one node sharing a port (SO_REUSEPORT)
+		 * register the same bypass set, and an answer or retry order naming a tuple twice
+		 * would spend an attempt on a tuple that just failed.
+		 */
 #define EMIT(idx)                                                                                  \
 	do {                                                                                       \
 		const struct cand *c_ = &sc.c[(idx)];                                              \
-		ret[out] = *c_->b;                                                                 \
-		if (ret_node_ids)                                                                  \
-			ret_node_ids[out] = c_->node_id;                                           \
-		out++;                                                                             \
+		if (!seen || seen_add(seen, seen_mask, ret, c_->b, out)) {                         \
+			ret[out] = *c_->b;                                                         \
+			if (ret_node_ids)                                                          \
+				ret_node_ids[out] = c_->node_id;                                   \
+			out++;                                                                     \
+		}                                                                                  \
 	} while (0)
 
 	EMIT(first);
@@ -1123,10 +1149,14 @@ int byway_select_order(struct byway_selector *s, const struct byway_view *v,
 	ord = malloc(sc.n * sizeof(*ord));
 	runs = malloc(sc.n * sizeof(*runs));
 	active = malloc(sc.n * sizeof(*active));
-	if (!ord || !runs || !active) {
+	for (seen_mask = 15; seen_mask < 2 * sc.n; seen_mask = seen_mask * 2 + 1)
+		;
+	seen = calloc(seen_mask + 1, sizeof(*seen));
+	if (!ord || !runs || !active || !seen) {
 		r = -ENOMEM;
 		goto out;
 	}
+	(void)seen_add(seen, seen_mask, ret, &ret[0], 0);
 
 	/* Runs: each node's candidates other than the first choice, rotated and ranked. */
 	for (size_t i = 0; i < sc.n;) {
@@ -1199,6 +1229,7 @@ done:
 	*ret_n = out;
 	r = 0;
 out:
+	free(seen);
 	free(active);
 	free(runs);
 	free(ord);

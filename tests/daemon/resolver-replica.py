@@ -323,6 +323,20 @@ try:
            "after a map restart c1 relists: the old service is gone, the new one is there",
            r["raw"], r2["raw"], cl.log()[-2000:])
 
+    # ---- two instances of n2 sharing port 7070 (SO_REUSEPORT): one tuple in the answer ----
+    twin = agent("n2", 3, ["127.0.2.2"], port=7070)
+    r = lookup(G + ":7070", count=2, wait_ms=5000)
+    a = rc1.ask(G, 7070)
+    tap.ok(r["rc"] == 0 and a and a["status"] == 0 and
+           [e["ip"] for e in a["e"]] == ["127.0.2.2"],
+           "a tuple registered by two instances of one node is answered once", r["raw"], a)
+    # The map holds one lease per node and the newer session replaces the older: when the
+    # twin dies, n2's lease runs out and all of n2 goes. n2 registers again, one instance.
+    twin.kill()
+    lookup(G + ":7070", count=0, wait_ms=5000)
+    agent("n2", 4, ["127.0.2.2"], port=7070)
+    lookup(G + ":7070", count=1, wait_ms=5000)
+
     # ---- a reader across a restart of c1's bywayd ----
     follow = subprocess.Popen([shm_lookup, "-f", "6000", replica, G + ":7070"],
                               stdout=subprocess.PIPE, text=True)

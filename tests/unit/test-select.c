@@ -748,6 +748,37 @@ static void check_order(const struct order_case *oc, enum byway_policy pol, uint
 	freeview(v);
 }
 
+/* Two instances on one node sharing a port: their equal tuples are listed once. */
+static void test_select_order_dedupe(void **state)
+{
+	static const size_t counts[] = { 4, 2, 2 };
+
+	(void)state;
+	for (size_t p = 0; p < N_POLICIES; p++) {
+		struct byway_view *v = mkview_counts(counts, 3);
+		struct byway_group *g0 = (struct byway_group *)v->g[0];
+		struct byway_selector *s = mksel(all_policies[p], 1, 1000, 64);
+		struct byway_select_ctx ctx = { .flow_hash = 7, .client_rail = -1 };
+		struct byway_bypass order[16];
+		uint32_t ids[16];
+		size_t n = 0;
+
+		/* Node 0's second instance repeats its first instance's two tuples. */
+		g0->e[2] = g0->e[0];
+		g0->e[3] = g0->e[1];
+		for (uint64_t h = 0; h < 8; h++) {
+			ctx.flow_hash = h * 0x9e3779b97f4a7c15ULL;
+			assert_int_equal(byway_select_order(s, v, &ctx, order, ids, 16, &n), 0);
+			assert_int_equal(n, 6);
+			for (size_t i = 0; i < n; i++)
+				for (size_t j = i + 1; j < n; j++)
+					assert_false(byway_tuple_equal(&order[i].t, &order[j].t));
+		}
+		byway_selector_free(s);
+		freeview(v);
+	}
+}
+
 static void test_select_order(void **state)
 {
 	static const struct order_case cases[] = {
@@ -1035,6 +1066,7 @@ int main(void)
 		cmocka_unit_test(test_negative_bounded),
 		cmocka_unit_test(test_all_negative),
 		cmocka_unit_test(test_select_order),
+		cmocka_unit_test(test_select_order_dedupe),
 		cmocka_unit_test(test_maglev_policy),
 		cmocka_unit_test(test_maglev_weights),
 		cmocka_unit_test(test_maglev_cache_churn),
