@@ -396,6 +396,7 @@ enum byway_wire_counter {
 	BYWAY_WIRE_CNT_FALLBACK_NONE_READY = 4, /* host path: no ready tuple (draining/gone) */
 	BYWAY_WIRE_CNT_FALLBACK_EXHAUSTED = 5,  /* host path: every tuple tried failed */
 	BYWAY_WIRE_CNT_FALLBACK_ERROR = 6,      /* host path: byway itself failed (no replica...) */
+	BYWAY_WIRE_CNT_UNTOUCHED = 7,           /* preload: a connect left alone (rules, not TCP) */
 	BYWAY_WIRE_CNT__N,
 };
 

@@ -738,6 +738,7 @@ static const enum stat_kind report_kinds[BYWAY_WIRE_CNT__N] = {
 	[BYWAY_WIRE_CNT_FALLBACK_NONE_READY] = STAT_FALLBACK_NONE_READY,
 	[BYWAY_WIRE_CNT_FALLBACK_EXHAUSTED] = STAT_FALLBACK_EXHAUSTED,
 	[BYWAY_WIRE_CNT_FALLBACK_ERROR] = STAT_FALLBACK_ERROR,
+	[BYWAY_WIRE_CNT_UNTOUCHED] = STAT_UNTOUCHED,
 };
 
 static int on_report(struct node_conn *c, const struct byway_wire_frame *f)

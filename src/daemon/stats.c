@@ -56,6 +56,7 @@ static const char *const names[STAT__N] = {
 	[STAT_FALLBACK_NONE_READY] = "fallback_none_ready",
 	[STAT_FALLBACK_EXHAUSTED] = "fallback_exhausted",
 	[STAT_FALLBACK_ERROR] = "fallback_error",
+	[STAT_UNTOUCHED] = "untouched",
 	[STAT_AUTH_FAIL] = "auth_fail",
 	[STAT_REPLAY] = "replay",
 	[STAT_MALFORMED] = "malformed",

@@ -44,6 +44,7 @@ enum stat_kind {
 	STAT_FALLBACK_NONE_READY,
 	STAT_FALLBACK_EXHAUSTED,
 	STAT_FALLBACK_ERROR,
+	STAT_UNTOUCHED, /* connects the preload left alone (rules, not TCP) */
 	/* protocol hygiene, every role */
 	STAT_AUTH_FAIL, /* bad or missing MAC, bad handshake */
 	STAT_REPLAY,    /* sequence number not increasing */

@@ -110,6 +110,7 @@ static const char *const counter_names[] = {
 	[BYWAY_WIRE_CNT_FALLBACK_NONE_READY] = "fallback-none-ready",
 	[BYWAY_WIRE_CNT_FALLBACK_EXHAUSTED] = "fallback-exhausted",
 	[BYWAY_WIRE_CNT_FALLBACK_ERROR] = "fallback-error",
+	[BYWAY_WIRE_CNT_UNTOUCHED] = "untouched",
 };
 
 const char *byway_wire_counter_name(unsigned kind)
