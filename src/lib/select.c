@@ -489,6 +489,12 @@ int byway_selector_new(const struct byway_selector_opts *o, struct byway_selecto
 	pthread_mutex_init(&s->neg_lock, NULL);
 	pthread_mutex_init(&s->mg_lock, NULL);
 	pthread_once(&atfork_once, register_atfork);
+	if (!s->seeded) {
+		/* Round-robin starts anywhere: short-lived processes (a curl per request, under
+		 * the preload) would otherwise all take every destination's first tuple. */
+		for (size_t i = 0; i < RR_SLOTS; i++)
+			atomic_init(&s->rr[i].c, thread_rand());
+	}
 	*ret = s;
 	return 0;
 }
