@@ -80,6 +80,7 @@
 #include "lfilter.h"
 #include "agent.h"
 #include "byway-config.h"
+#include "api-internal.h"
 
 #include <byway/api.h>
 #include <byway/config.h>
@@ -290,7 +291,7 @@ static int ctx_setup_lists(struct byway_ctx *ctx)
 
 static int ctx_paths(struct byway_ctx *ctx)
 {
-	const char *env = getenv("BYWAY_RUN_DIR");
+	const char *env = secure_getenv("BYWAY_RUN_DIR");
 	int n;
 
 	if (env && *env)
@@ -326,7 +327,7 @@ int byway_open(const char *conf_path, struct byway_ctx **ret)
 	if (!ret)
 		return fail(-EINVAL, "byway_open: no result pointer");
 	if (!conf_path || !*conf_path) {
-		conf_path = getenv("BYWAY_CONF");
+		conf_path = secure_getenv("BYWAY_CONF");
 		if (!conf_path || !*conf_path)
 			conf_path = API_DEFAULT_CONF;
 	}
@@ -344,7 +345,7 @@ int byway_open(const char *conf_path, struct byway_ctx **ret)
 		goto err;
 	}
 
-	node_env = getenv("BYWAY_NODE");
+	node_env = secure_getenv("BYWAY_NODE");
 	if (node_env && *node_env) {
 		self = byway_system_find_node(ctx->cfg->sys, node_env);
 		if (!self) {
@@ -979,6 +980,9 @@ struct byway_connect_op {
 	int last_err;
 	bool blocking; /* byway_connect(): attempts are blocking connects */
 	bool nonblock; /* the fd is in non-blocking mode */
+	/* byway__connect_fd(): every attempt on the caller's socket (else -1). */
+	struct byway__fd_connect *adopt;
+	enum byway_wire_counter decision; /* what was counted for the connect as a whole */
 
 	enum lookup_src src;
 	bool answered;     /* the lookup settled: lookup_status is the map's word */
@@ -1151,6 +1155,91 @@ static int attempt_check(int fd, short revents)
 
 static void op_plain(struct byway_connect_op *op, enum byway_wire_counter why);
 
+/*
+ * An attempt on the caller's own socket (byway__connect_fd()), with the caller's blocking
+ * mode: a non-blocking socket makes one non-blocking connect (0: in progress); a blocking one
+ * a connect bounded by block_ms through SO_SNDTIMEO (the caller's own send timeout put back
+ * after), or unbounded when block_ms is 0 (the host path: exactly the caller's connect). An
+ * attempt that timed out is aborted (connect to AF_UNSPEC) so the socket can try again; one
+ * that failed leaves it closed, ready for the next connect. 1 connected, 0 in progress,
+ * -errno failed; -EINTR is final (the connect goes on in the background, as plain TCP's).
+ */
+static int adopt_attempt(struct byway_connect_op *op, const struct byway_tuple *t,
+			 const struct api_source *src, uint64_t block_ms)
+{
+	struct byway__fd_connect *c = op->adopt;
+	struct sockaddr_storage ss;
+	int sl, r, e;
+
+	sl = byway_tuple_to_sockaddr(t, (struct sockaddr *)&ss, sizeof(ss));
+	if (sl < 0)
+		return -EINVAL;
+	if (ss.ss_family == AF_INET && c->family == AF_INET6) {
+		/* A v4 tuple on a dual-stack IPv6 socket: its v4-mapped form. */
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+		struct sockaddr_in6 s6 = { .sin6_family = AF_INET6, .sin6_port = s4->sin_port };
+
+		s6.sin6_addr.s6_addr[10] = 0xff;
+		s6.sin6_addr.s6_addr[11] = 0xff;
+		memcpy(&s6.sin6_addr.s6_addr[12], &s4->sin_addr, 4);
+		memcpy(&ss, &s6, sizeof(s6));
+		sl = sizeof(s6);
+	} else if (ss.ss_family != c->family) {
+		return -EAFNOSUPPORT;
+	}
+	if (src && !c->bound && byway_addr_family(&src->ip) == ss.ss_family) {
+		struct sockaddr_storage sa;
+		struct byway_tuple st;
+		int one = 1, l;
+
+		byway_tuple_make(&src->ip, 0, IPPROTO_TCP, &st);
+		l = byway_tuple_to_sockaddr(&st, (struct sockaddr *)&sa, sizeof(sa));
+		(void)setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+		if (l > 0 && bind(c->fd, (struct sockaddr *)&sa, (socklen_t)l) == 0)
+			c->bound = true; /* kept for the later attempts: a socket binds once */
+	}
+	if (c->nonblock || block_ms == 0) {
+		r = connect(c->fd, (struct sockaddr *)&ss, (socklen_t)sl);
+		if (r == 0)
+			return 1;
+		return errno == EINPROGRESS ? 0 : -errno;
+	}
+	{
+		struct timeval tv = { .tv_sec = (time_t)(block_ms / 1000),
+				      .tv_usec = (suseconds_t)(block_ms % 1000) * 1000 };
+
+		if (setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+			return -errno;
+	}
+	r = connect(c->fd, (struct sockaddr *)&ss, (socklen_t)sl);
+	e = r == 0 ? 0 : errno;
+	(void)setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &c->sndtimeo, sizeof(c->sndtimeo));
+	if (r == 0)
+		return 1;
+	if (e == EINPROGRESS || e == EAGAIN) {
+		/* The bound ran out with the SYN unanswered: abort it for the next attempt. */
+		struct sockaddr unspec = { .sa_family = AF_UNSPEC };
+
+		(void)connect(c->fd, &unspec, sizeof(unspec));
+		return -ETIMEDOUT;
+	}
+	return -e;
+}
+
+/* Start an attempt: a new socket (the API), or the caller's (byway__connect_fd()). */
+static int op_attempt(struct byway_connect_op *op, const struct byway_tuple *t,
+		      const struct api_source *src, uint64_t block_ms, int *ret_fd)
+{
+	int r;
+
+	if (!op->adopt)
+		return attempt_start(t, src, block_ms, ret_fd, &op->nonblock);
+	r = adopt_attempt(op, t, src, block_ms);
+	if (r >= 0)
+		*ret_fd = op->adopt->fd;
+	return r;
+}
+
 /* The time a bypass attempt may take. */
 static void op_arm_attempt(struct byway_connect_op *op, uint64_t now)
 {
@@ -1179,6 +1268,7 @@ static void op_bypass_exhausted(struct byway_connect_op *op)
 		op_plain(op, BYWAY_WIRE_CNT_FALLBACK_EXHAUSTED);
 		return;
 	}
+	op->decision = BYWAY_WIRE_CNT_FALLBACK_EXHAUSTED;
 	op_finish(op, fail(op->last_err ? op->last_err : -ETIMEDOUT,
 			   "byway_connect: every bypass tuple failed: %s (no fallback)",
 			   strerror(op->last_err ? -op->last_err : ETIMEDOUT)));
@@ -1236,16 +1326,28 @@ static void op_next_tuple(struct byway_connect_op *op, uint64_t now)
 			break;
 		src = pick_source(ctx, byway_addr_family(&op->cur.t.addr), &op->cur);
 		op_arm_attempt(op, now);
-		r = attempt_start(&op->cur.t, src, op->blocking ? op->attempt_deadline_ms - now : 0,
-				  &fd, &op->nonblock);
+		r = op_attempt(op, &op->cur.t, src,
+			       op->blocking ? op->attempt_deadline_ms - now : 0, &fd);
 		if (r == 1) {
 			byway_selector_succeeded(ctx->sel, &op->cur.t);
 			count(ctx, BYWAY_WIRE_CNT_TRANSLATED, &op->dst, &op->cur.t);
+			op->decision = BYWAY_WIRE_CNT_TRANSLATED;
 			op_finish(op, fd);
 			return;
 		}
 		if (r == 0) {
 			op->fd = fd;
+			if (op->adopt) {
+				/* A non-blocking caller: this attempt is the connect it gets. */
+				count(ctx, BYWAY_WIRE_CNT_TRANSLATED, &op->dst, &op->cur.t);
+				op->decision = BYWAY_WIRE_CNT_TRANSLATED;
+			}
+			return;
+		}
+		if (r == -EINTR && op->adopt) {
+			count(ctx, BYWAY_WIRE_CNT_TRANSLATED, &op->dst, &op->cur.t);
+			op->decision = BYWAY_WIRE_CNT_TRANSLATED;
+			op_finish(op, r);
 			return;
 		}
 		if (fatal_socket_errno(-r)) {
@@ -1270,16 +1372,20 @@ static void op_plain(struct byway_connect_op *op, enum byway_wire_counter why)
 	uint64_t now = byway__now_ms();
 
 	count(op->ctx, why, &op->dst, NULL);
+	op->decision = why;
 	op->phase = OP_PLAIN;
 	query_done(&op->q);
 	op->attempt_deadline_ms = op->deadline_ms;
-	r = attempt_start(&op->dst, NULL,
-			  !op->blocking           ? 0
-			  : now < op->deadline_ms ? op->deadline_ms - now
-						  : 1,
-			  &fd, &op->nonblock);
+	r = op_attempt(op, &op->dst, NULL,
+		       op->adopt       ? 0 /* the caller's own connect, unbounded as it was */
+		       : !op->blocking ? 0
+		       : now < op->deadline_ms ? op->deadline_ms - now
+					       : 1,
+		       &fd);
 	if (r == 1) {
 		op_finish(op, fd);
+	} else if (op->adopt && r < 0) {
+		op_finish(op, r); /* plain TCP's errno, as it is */
 	} else if (r == 0) {
 		op->fd = fd;
 	} else {
@@ -1394,6 +1500,7 @@ static void op_plan(struct byway_connect_op *op, uint64_t now)
 			return;
 		}
 		count(ctx, BYWAY_WIRE_CNT_FALLBACK_NONE_READY, &op->dst, NULL);
+		op->decision = BYWAY_WIRE_CNT_FALLBACK_NONE_READY;
 		op_finish(op, fail(-ECONNREFUSED,
 				   "byway_connect: no ready tuple for the service (no fallback)"));
 		return;
@@ -1533,6 +1640,8 @@ static int op_step(struct byway_connect_op *op, short revents)
 		}
 		case OP_BYPASS:
 		case OP_PLAIN:
+			if (op->adopt)
+				return -EINPROGRESS; /* the caller's non-blocking connect */
 			r = attempt_check(op->fd, revents);
 			revents = -1;
 			if (r == 0 && now < op->attempt_deadline_ms)
@@ -1580,25 +1689,24 @@ static int parse_dst(const char *host, uint16_t port, struct byway_tuple *ret)
 	return 0;
 }
 
-static int op_init(struct byway_ctx *ctx, const char *host, uint16_t port, int timeout_ms,
-		   bool blocking, struct byway_connect_op *op)
+static int op_init_tuple(struct byway_ctx *ctx, const struct byway_tuple *dst, int timeout_ms,
+			 bool blocking, struct byway__fd_connect *adopt,
+			 struct byway_connect_op *op)
 {
 	uint64_t now = byway__now_ms();
 	uint32_t budget;
-	int r;
 
 	memset(op, 0, offsetof(struct byway_connect_op, t));
 	op->fd = -1;
 	op->result = -EINPROGRESS;
+	op->decision = BYWAY_WIRE_CNT__N;
+	op->adopt = adopt;
 	query_init(&op->q);
 	tuples_init(&op->t);
 	tuples_init(&op->order);
 	if (!ctx)
 		return fail(-EINVAL, "byway_connect: no context");
-	r = parse_dst(host, port, &op->dst);
-	if (r < 0)
-		return fail(r, "byway_connect: '%s' port %u: not an IP address and port",
-			    host ? host : "(null)", port);
+	op->dst = *dst;
 	op->ctx = ctx;
 	op->blocking = blocking;
 	budget = timeout_ms > 0 ? (uint32_t)timeout_ms : ctx->cfg->policy.connect_timeout_ms;
@@ -1610,10 +1718,29 @@ static int op_init(struct byway_ctx *ctx, const char *host, uint16_t port, int t
 	return 0;
 }
 
+static int op_init(struct byway_ctx *ctx, const char *host, uint16_t port, int timeout_ms,
+		   bool blocking, struct byway_connect_op *op)
+{
+	struct byway_tuple dst;
+	int r = parse_dst(host, port, &dst);
+
+	if (r < 0) {
+		memset(op, 0, offsetof(struct byway_connect_op, t));
+		op->fd = -1;
+		op->result = -EINPROGRESS;
+		query_init(&op->q);
+		tuples_init(&op->t);
+		tuples_init(&op->order);
+		return fail(r, "byway_connect: '%s' port %u: not an IP address and port",
+			    host ? host : "(null)", port);
+	}
+	return op_init_tuple(ctx, &dst, timeout_ms, blocking, NULL, op);
+}
+
 static void op_cleanup(struct byway_connect_op *op)
 {
 	query_done(&op->q);
-	if (op->phase != OP_DONE && op->fd >= 0)
+	if (op->phase != OP_DONE && op->fd >= 0 && !op->adopt)
 		close(op->fd);
 	op->fd = -1;
 	tuples_done(&op->t);
@@ -2165,4 +2292,127 @@ void byway_close(struct byway_ctx *ctx)
 	byway_config_free(ctx->cfg);
 	pthread_mutex_destroy(&ctx->lock);
 	free(ctx);
+}
+
+/* ---- for the preload (api-internal.h) -------------------------------------------------- */
+
+int byway__connect_fd(struct byway_ctx *ctx, const struct byway_tuple *dst,
+		      struct byway__fd_connect *c)
+{
+	struct byway_connect_op opbuf, *op = &opbuf;
+	int r;
+
+	c->decision = BYWAY_WIRE_CNT__N;
+	r = op_init_tuple(ctx, dst, (int)c->budget_ms, true, c, op);
+	if (r == 0)
+		r = op->phase == OP_DONE ? op_step(op, -1) : -EINPROGRESS;
+	while (r == -EINPROGRESS && op->phase == OP_RESOLVE) {
+		/* Waiting for a resolver: bounded by the resolution budget. */
+		struct pollfd p;
+		int n;
+
+		p.fd = byway_connect_op_fd(op);
+		p.events = byway_connect_op_events(op);
+		p.revents = 0;
+		n = poll(&p, 1, byway_connect_op_timeout(op));
+		if (n < 0 && errno != EINTR)
+			break;
+		r = op_step(op, n > 0 ? p.revents : n == 0 ? 0 : -1);
+	}
+	if (op->phase == OP_RESOLVE) {
+		/* poll() itself failed: the caller's plain connect, counted as our error. */
+		count(ctx, BYWAY_WIRE_CNT_FALLBACK_ERROR, dst, NULL);
+		op->decision = BYWAY_WIRE_CNT_FALLBACK_ERROR;
+		op->phase = OP_PLAIN;
+		r = adopt_attempt(op, dst, NULL, 0);
+		r = r == 1 ? 0 : r;
+	} else if (op->phase == OP_DONE) {
+		r = op->result >= 0 ? 0 : op->result;
+		if (op->decision == BYWAY_WIRE_CNT__N) {
+			/* byway failed before any attempt on the socket: fail open. */
+			count(ctx, BYWAY_WIRE_CNT_FALLBACK_ERROR, dst, NULL);
+			op->decision = BYWAY_WIRE_CNT_FALLBACK_ERROR;
+			r = adopt_attempt(op, dst, NULL, 0);
+			r = r == 1 ? 0 : r;
+		}
+	} else {
+		r = -EINPROGRESS; /* a non-blocking caller's attempt, in progress */
+	}
+	c->decision = op->decision;
+	if (op->decision == BYWAY_WIRE_CNT_TRANSLATED)
+		c->used = op->cur.t;
+	op->phase = OP_DONE; /* op_cleanup() must not touch the caller's socket */
+	op_cleanup(op);
+	report_maybe_flush(ctx, byway__now_ms());
+	return r;
+}
+
+int byway__listen_fd(struct byway_ctx *ctx, int fd, const struct byway_tuple *bound, bool filter,
+		     struct byway_instance *ret_inst, int *ret_agent_fd)
+{
+	struct byway_addr *set = NULL;
+	size_t n_set = 0;
+	int family = byway_addr_family(&bound->addr), afd = -1, r;
+
+	if (!ctx->self || ctx->self->client)
+		return fail(-ENOTCONN, "not a node");
+	r = agent_register(ctx, bound, ret_inst, &afd);
+	if (r < 0)
+		return r;
+	if (byway_addr_family(&ret_inst->first.addr) != family ||
+	    ret_inst->first.port != bound->port) {
+		close(afd);
+		return fail(-EPROTO, "the agent answered another first tuple");
+	}
+	if (filter) {
+		set = calloc(1 + ret_inst->n_bypass + ctx->cfg->sys->n_globals + 1, sizeof(*set));
+		if (!set) {
+			close(afd);
+			return fail(-ENOMEM, "out of memory");
+		}
+		set[n_set++] = ret_inst->first.addr;
+		for (size_t i = 0; i < ret_inst->n_bypass; i++)
+			set[n_set++] = ret_inst->bypass[i].t.addr;
+		for (size_t i = 0; i < ctx->cfg->sys->n_globals; i++)
+			if (byway_addr_family(&ctx->cfg->sys->globals[i]) == family)
+				set[n_set++] = ctx->cfg->sys->globals[i];
+		r = byway__lfilter_attach(fd, set, n_set);
+		free(set);
+		if (r < 0) {
+			close(afd);
+			return fail(r, "cannot attach the listen filter: %s", strerror(-r));
+		}
+	}
+	*ret_agent_fd = afd;
+	return 0;
+}
+
+int byway__listen_addr(const struct byway_ctx *ctx, const struct byway_addr *a)
+{
+	if (!ctx->self || ctx->self->client)
+		return -ENOTCONN;
+	if (byway_addr_is_any(a))
+		return 0;
+	if (byway_system_is_global(ctx->cfg->sys, a) || byway_addr_equal(a, &ctx->self->local4) ||
+	    byway_addr_equal(a, &ctx->self->local6))
+		return 1;
+	return -EADDRNOTAVAIL;
+}
+
+const struct byway_config *byway__ctx_config(const struct byway_ctx *ctx)
+{
+	return ctx->cfg;
+}
+
+void byway__count(struct byway_ctx *ctx, enum byway_wire_counter kind,
+		  const struct byway_tuple *service)
+{
+	count(ctx, kind, service, NULL);
+	report_maybe_flush(ctx, byway__now_ms());
+}
+
+void byway__report_flush(struct byway_ctx *ctx)
+{
+	if (ctx->agent_salen && ctx->cfg)
+		report_flush(ctx);
 }
