@@ -61,7 +61,8 @@ static const char *const help[STAT__N] = {
 	[STAT_FALLBACK_NONE_READY] = "Fallbacks to the host path: no ready tuple.",
 	[STAT_FALLBACK_EXHAUSTED] = "Fallbacks to the host path: every tuple failed.",
 	[STAT_FALLBACK_ERROR] = "Fallbacks to the host path: an internal error.",
-	[STAT_UNTOUCHED] = "Connects the preload left alone (rules, not TCP), as reported by clients.",
+	[STAT_UNTOUCHED] =
+		"Connects the preload left alone (rules, not TCP), as reported by clients.",
 	[STAT_AUTH_FAIL] = "Frames refused for a bad or missing MAC or a bad handshake.",
 	[STAT_REPLAY] = "Frames refused for a sequence number that did not increase.",
 	[STAT_MALFORMED] = "Undecodable input.",
