@@ -2,18 +2,19 @@
 /*
  * byway.conf: parsing, checking and printing the configuration of a byway system.
  *
- * The file is INI-style: [system], [policy], [node NAME] and [client NAME] sections of
- * "key = value" lines (the format is documented in byway.conf(5), which is the contract).
- * Parsing builds the system model (model.h) entity by entity, so every invariant the model
- * enforces is reported at the line that broke it, in the form "FILE:LINE: message". The
- * printer writes the normalized form: fixed section and key order, every default written
- * explicitly, canonical addresses and durations. Parsing the normalized form yields the same
- * configuration, and printing it again yields the same text.
+ * The file is INI-style: [system], [policy], [preload], [node NAME] and [client NAME]
+ * sections of "key = value" lines (the format is documented in byway.conf(5), which is the
+ * contract). Parsing builds the system model (model.h) entity by entity, so every invariant
+ * the model enforces is reported at the line that broke it, in the form "FILE:LINE:
+ * message". The printer writes the normalized form: fixed section and key order, every
+ * default written explicitly, canonical addresses and durations. Parsing the normalized form yields
+ * the same configuration, and printing it again yields the same text.
  */
 #ifndef BYWAY_CONFIG_H
 #define BYWAY_CONFIG_H
 
 #include <byway/model.h>
+#include <byway/rules.h>
 #include <byway/select.h>
 
 #include <stdio.h>
@@ -46,6 +47,25 @@ struct byway_config_policy {
 };
 
 /*
+ * The [preload] section: what the LD_PRELOAD library steers (rules.h has the value syntax;
+ * the BYWAY_* environment overrides it per process). Lists are owned; an empty list means
+ * "all".
+ */
+struct byway_config_preload {
+	bool listen;  /* default true */
+	bool connect; /* default true */
+	size_t n_ports;
+	struct byway_port_range *ports; /* "ports"; empty: every port */
+	size_t n_programs;
+	char **programs; /* "programs": fnmatch patterns; empty: every program */
+	size_t n_exclude;
+	char **exclude; /* "exclude-programs": fnmatch patterns */
+	size_t n_dests;
+	struct byway_cidr *dests; /* "destinations"; empty: every destination */
+	uint32_t bound_ms;        /* "bound", 1..60000; 0 when unset (policy connect-timeout) */
+};
+
+/*
  * Where a node's or client's entities were defined (1-based line numbers, 0 = not given),
  * kept so later messages (validation, reload) can point at the file. Indexed like
  * sys->nodes: cfg->nodes[node->index].
@@ -72,12 +92,20 @@ struct byway_config {
 	bool allow_low_ports;                    /* default false */
 	bool has_metrics;
 	struct byway_tuple metrics; /* valid when has_metrics */
+	/* etcd maps only (map = etcd://...); empty when not set. TLS when etcd_ca is set. */
+	char etcd_ca[BYWAY_CONFIG_PATH_MAX];            /* CA bundle of the etcd servers */
+	char etcd_cert[BYWAY_CONFIG_PATH_MAX];          /* client certificate (with etcd_key) */
+	char etcd_key[BYWAY_CONFIG_PATH_MAX];           /* its private key */
+	char etcd_user[BYWAY_NAME_MAX];                 /* etcd user (with etcd_password_file) */
+	char etcd_password_file[BYWAY_CONFIG_PATH_MAX]; /* file holding that user's password */
 
 	struct byway_config_policy policy;
+	struct byway_config_preload preload;
 
 	/* Line numbers, for messages. */
 	unsigned int system_line;                    /* the [system] header */
 	unsigned int policy_line;                    /* the [policy] header, 0 when absent */
+	unsigned int preload_line;                   /* the [preload] header, 0 when absent */
 	unsigned int global_line[BYWAY_MAX_GLOBALS]; /* indexed like sys->globals */
 	struct byway_config_node *nodes;             /* sys->n_nodes entries */
 };
@@ -101,8 +129,10 @@ BYWAY_EXPORT int byway_config_load(const char *path, struct byway_config **ret, 
 				   size_t errlen);
 
 /*
- * Write the normalized configuration to f: [system], [policy], then the [node]/[client]
- * sections in file order; keys in a fixed order; defaults written out. Returns 0 or -EIO.
+ * Write the normalized configuration to f: [system], [policy], [preload] (when the file has
+ * one), then the [node]/[client] sections in file order; keys in a fixed order; defaults
+ * written out, except the [preload] lists and bound, which are written only when set.
+ * Returns 0 or -EIO.
  */
 BYWAY_EXPORT int byway_config_print(const struct byway_config *cfg, FILE *f);
 

@@ -2,7 +2,8 @@
 /*
  * byway.conf parser and normalized printer. A small line lexer turns the text into section
  * headers and "key = value" items (rejecting over-long lines, NUL and control bytes); a
- * table of keys per section parses each value and feeds the system model entity by entity,
+ * table of keys per section parses each value and feeds the system model entity by entity
+ * ([preload] lists go through rules.c, which the preload's environment parsing shares),
  * so the model's invariants (unique private IPs, unique local IPs and names, ...) are
  * reported at the offending line, naming the entity that already holds the address.
  * Checks that need the whole file (required keys, heartbeat < lease, byway_system_validate)
@@ -43,6 +44,8 @@
 #define NEGATIVE_TTL_MIN_MS 1u
 #define NEGATIVE_TTL_MAX_MS 3600000u
 #define RAIL_MAX 127
+#define BOUND_MIN_MS 1u
+#define BOUND_MAX_MS ((uint32_t)BYWAY_RULES_BOUND_MAX_MS)
 
 #define PREFIX_EMBEDDED "embedded://"
 #define PREFIX_ETCD "etcd://"
@@ -383,6 +386,7 @@ enum section {
 	SEC_NONE,
 	SEC_SYSTEM,
 	SEC_POLICY,
+	SEC_PRELOAD,
 	SEC_NODE, /* [node NAME] or [client NAME] */
 };
 
@@ -398,6 +402,11 @@ enum sys_key {
 	SK_RUN_DIR,
 	SK_ALLOW_LOW_PORTS,
 	SK_METRICS,
+	SK_ETCD_CA,
+	SK_ETCD_CERT,
+	SK_ETCD_KEY,
+	SK_ETCD_USER,
+	SK_ETCD_PASSWORD_FILE,
 	SK__N,
 };
 
@@ -408,6 +417,17 @@ enum pol_key {
 	PK_FALLBACK,
 	PK_NEGATIVE_TTL,
 	PK__N,
+};
+
+enum pre_key {
+	RK_LISTEN,
+	RK_CONNECT,
+	RK_PORTS,
+	RK_PROGRAMS,
+	RK_EXCLUDE_PROGRAMS,
+	RK_DESTINATIONS,
+	RK_BOUND,
+	RK__N,
 };
 
 enum node_key {
@@ -448,7 +468,7 @@ struct parser {
 	enum section section;
 	unsigned int section_line;
 	struct byway_node *node; /* SEC_NODE */
-	unsigned int seen_sys[SK__N], seen_pol[PK__N], seen_node[NK__N];
+	unsigned int seen_sys[SK__N], seen_pol[PK__N], seen_pre[RK__N], seen_node[NK__N];
 
 	struct addr_ent *addrs; /* open addressing, linear probing; cap a power of 2 */
 	size_t addrs_cap, addrs_n;
@@ -820,6 +840,36 @@ static int sys_metrics(struct parser *p, unsigned int line, char *v)
 	return r;
 }
 
+static int sys_etcd_ca(struct parser *p, unsigned int line, char *v)
+{
+	return get_path(p, line, "etcd-ca", v, p->cfg->etcd_ca, sizeof(p->cfg->etcd_ca));
+}
+
+static int sys_etcd_cert(struct parser *p, unsigned int line, char *v)
+{
+	return get_path(p, line, "etcd-cert", v, p->cfg->etcd_cert, sizeof(p->cfg->etcd_cert));
+}
+
+static int sys_etcd_key(struct parser *p, unsigned int line, char *v)
+{
+	return get_path(p, line, "etcd-key", v, p->cfg->etcd_key, sizeof(p->cfg->etcd_key));
+}
+
+static int sys_etcd_user(struct parser *p, unsigned int line, char *v)
+{
+	if (!valid_name(v))
+		return perr(p, line,
+			    "invalid etcd-user '%.64s' (1..%d characters of A-Z a-z 0-9 . _ -)", v,
+			    BYWAY_NAME_MAX - 1);
+	return byway__strlcpy(p->cfg->etcd_user, v, sizeof(p->cfg->etcd_user)) < 0 ? -EINVAL : 0;
+}
+
+static int sys_etcd_password_file(struct parser *p, unsigned int line, char *v)
+{
+	return get_path(p, line, "etcd-password-file", v, p->cfg->etcd_password_file,
+			sizeof(p->cfg->etcd_password_file));
+}
+
 static const struct key_def sys_keys[SK__N] = {
 	[SK_NAME] = { "name", sys_name, true, false },
 	[SK_GLOBAL] = { "global", sys_global, true, true },
@@ -832,6 +882,11 @@ static const struct key_def sys_keys[SK__N] = {
 	[SK_RUN_DIR] = { "run-dir", sys_run_dir, false, false },
 	[SK_ALLOW_LOW_PORTS] = { "allow-low-ports", sys_allow_low_ports, false, false },
 	[SK_METRICS] = { "metrics", sys_metrics, false, false },
+	[SK_ETCD_CA] = { "etcd-ca", sys_etcd_ca, false, false },
+	[SK_ETCD_CERT] = { "etcd-cert", sys_etcd_cert, false, false },
+	[SK_ETCD_KEY] = { "etcd-key", sys_etcd_key, false, false },
+	[SK_ETCD_USER] = { "etcd-user", sys_etcd_user, false, false },
+	[SK_ETCD_PASSWORD_FILE] = { "etcd-password-file", sys_etcd_password_file, false, false },
 };
 
 /* ---- [policy] ---- */
@@ -875,6 +930,89 @@ static const struct key_def pol_keys[PK__N] = {
 	[PK_CONNECT_TIMEOUT] = { "connect-timeout", pol_connect_timeout, false, false },
 	[PK_FALLBACK] = { "fallback", pol_fallback, false, false },
 	[PK_NEGATIVE_TTL] = { "negative-ttl", pol_negative_ttl, false, false },
+};
+
+/* ---- [preload] ---- */
+
+static int pre_listen(struct parser *p, unsigned int line, char *v)
+{
+	return get_bool(p, line, "listen", v, &p->cfg->preload.listen);
+}
+
+static int pre_connect(struct parser *p, unsigned int line, char *v)
+{
+	return get_bool(p, line, "connect", v, &p->cfg->preload.connect);
+}
+
+/*
+ * A list parsed by rules.c, which shares its value syntax (and its messages) with the
+ * BYWAY_* environment of the preload. The keys do not repeat, so the list is still empty.
+ */
+static int pre_list_result(struct parser *p, unsigned int line, const char *key, int r, size_t n,
+			   const char *msg)
+{
+	if (r == -ENOMEM)
+		return model_err(p, line, r, key);
+	if (r < 0)
+		return perr(p, line, "%s", msg);
+	if (n == 0)
+		return perr(p, line, "%s needs at least one entry", key);
+	return 0;
+}
+
+static int pre_ports(struct parser *p, unsigned int line, char *v)
+{
+	struct byway_config_preload *pc = &p->cfg->preload;
+	char msg[256];
+	int r = byway_rules_parse_ports(v, "ports", &pc->ports, &pc->n_ports, msg, sizeof(msg));
+
+	return pre_list_result(p, line, "ports", r, pc->n_ports, msg);
+}
+
+static int pre_programs(struct parser *p, unsigned int line, char *v)
+{
+	struct byway_config_preload *pc = &p->cfg->preload;
+	char msg[256];
+	int r = byway_rules_parse_patterns(v, "programs", &pc->programs, &pc->n_programs, msg,
+					   sizeof(msg));
+
+	return pre_list_result(p, line, "programs", r, pc->n_programs, msg);
+}
+
+static int pre_exclude_programs(struct parser *p, unsigned int line, char *v)
+{
+	struct byway_config_preload *pc = &p->cfg->preload;
+	char msg[256];
+	int r = byway_rules_parse_patterns(v, "exclude-programs", &pc->exclude, &pc->n_exclude, msg,
+					   sizeof(msg));
+
+	return pre_list_result(p, line, "exclude-programs", r, pc->n_exclude, msg);
+}
+
+static int pre_destinations(struct parser *p, unsigned int line, char *v)
+{
+	struct byway_config_preload *pc = &p->cfg->preload;
+	char msg[256];
+	int r = byway_rules_parse_dests(v, "destinations", &pc->dests, &pc->n_dests, msg,
+					sizeof(msg));
+
+	return pre_list_result(p, line, "destinations", r, pc->n_dests, msg);
+}
+
+static int pre_bound(struct parser *p, unsigned int line, char *v)
+{
+	return get_duration(p, line, "bound", v, BOUND_MIN_MS, BOUND_MAX_MS,
+			    &p->cfg->preload.bound_ms);
+}
+
+static const struct key_def pre_keys[RK__N] = {
+	[RK_LISTEN] = { "listen", pre_listen, false, false },
+	[RK_CONNECT] = { "connect", pre_connect, false, false },
+	[RK_PORTS] = { "ports", pre_ports, false, false },
+	[RK_PROGRAMS] = { "programs", pre_programs, false, false },
+	[RK_EXCLUDE_PROGRAMS] = { "exclude-programs", pre_exclude_programs, false, false },
+	[RK_DESTINATIONS] = { "destinations", pre_destinations, false, false },
+	[RK_BOUND] = { "bound", pre_bound, false, false },
 };
 
 /* ---- [node NAME] / [client NAME] ---- */
@@ -1038,6 +1176,8 @@ static const char *section_label(struct parser *p, char *buf, size_t len)
 		return "[system]";
 	case SEC_POLICY:
 		return "[policy]";
+	case SEC_PRELOAD:
+		return "[preload]";
 	case SEC_NODE:
 		snprintf(buf, len, "[%s %s]", node_kind(p->node), p->node->name);
 		return buf;
@@ -1060,6 +1200,7 @@ static int close_section(struct parser *p)
 		keys = sys_keys, seen = p->seen_sys, n = SK__N;
 		break;
 	case SEC_POLICY:
+	case SEC_PRELOAD:
 		return 0;
 	case SEC_NODE:
 		keys = node_keys, seen = p->seen_node, n = NK__N;
@@ -1084,6 +1225,17 @@ static int close_section(struct parser *p)
 				"heartbeat %s must be shorter than the lease %s",
 				byway_config_format_duration(cfg->heartbeat_ms, hb, sizeof(hb)),
 				byway_config_format_duration(cfg->lease_ms, lease, sizeof(lease)));
+		for (size_t i = SK_ETCD_CA; i <= SK_ETCD_PASSWORD_FILE; i++)
+			if (p->seen_sys[i] && cfg->map_kind != BYWAY_MAP_ETCD)
+				return perr(p, p->seen_sys[i], "%s needs map = etcd://...",
+					    sys_keys[i].name);
+		if (!p->seen_sys[SK_ETCD_CERT] != !p->seen_sys[SK_ETCD_KEY])
+			return perr(p, p->seen_sys[SK_ETCD_CERT] ?: p->seen_sys[SK_ETCD_KEY],
+				    "etcd-cert and etcd-key go together");
+		if (!p->seen_sys[SK_ETCD_USER] != !p->seen_sys[SK_ETCD_PASSWORD_FILE])
+			return perr(p,
+				    p->seen_sys[SK_ETCD_USER] ?: p->seen_sys[SK_ETCD_PASSWORD_FILE],
+				    "etcd-user and etcd-password-file go together");
 	}
 	return 0;
 }
@@ -1139,9 +1291,14 @@ static int open_section(struct parser *p, const struct item *it)
 	p->section = SEC_NONE;
 	p->section_line = it->line;
 	memset(p->seen_node, 0, sizeof(p->seen_node));
-	if (!strcmp(it->key, "system") || !strcmp(it->key, "policy")) {
-		bool sys = it->key[0] == 's';
-		unsigned int *first = sys ? &p->cfg->system_line : &p->cfg->policy_line;
+	if (!strcmp(it->key, "system") || !strcmp(it->key, "policy") ||
+	    !strcmp(it->key, "preload")) {
+		enum section sec = it->key[0] == 's'   ? SEC_SYSTEM
+				   : it->key[1] == 'o' ? SEC_POLICY
+						       : SEC_PRELOAD;
+		unsigned int *first = sec == SEC_SYSTEM   ? &p->cfg->system_line
+				      : sec == SEC_POLICY ? &p->cfg->policy_line
+							  : &p->cfg->preload_line;
 
 		if (*it->arg)
 			return perr(p, it->line, "section [%s] takes no name", it->key);
@@ -1149,7 +1306,7 @@ static int open_section(struct parser *p, const struct item *it)
 			return perr(p, it->line, "duplicate section [%s] (first at line %u)",
 				    it->key, *first);
 		*first = it->line;
-		p->section = sys ? SEC_SYSTEM : SEC_POLICY;
+		p->section = sec;
 		return 0;
 	}
 	if (!strcmp(it->key, "node") || !strcmp(it->key, "client")) {
@@ -1175,6 +1332,9 @@ static int handle_kv(struct parser *p, const struct item *it)
 		break;
 	case SEC_POLICY:
 		keys = pol_keys, seen = p->seen_pol, n = PK__N;
+		break;
+	case SEC_PRELOAD:
+		keys = pre_keys, seen = p->seen_pre, n = RK__N;
 		break;
 	case SEC_NODE:
 		keys = node_keys, seen = p->seen_node, n = NK__N;
@@ -1254,6 +1414,8 @@ static void config_defaults(struct byway_config *cfg)
 	cfg->policy.connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
 	cfg->policy.negative_ttl_ms = DEFAULT_NEGATIVE_TTL_MS;
 	cfg->policy.fallback = true;
+	cfg->preload.listen = true;
+	cfg->preload.connect = true;
 }
 
 void byway_config_free(struct byway_config *cfg)
@@ -1262,6 +1424,10 @@ void byway_config_free(struct byway_config *cfg)
 		return;
 	byway_system_free(cfg->sys);
 	free(cfg->nodes);
+	free(cfg->preload.ports);
+	byway_rules_free_patterns(cfg->preload.programs, cfg->preload.n_programs);
+	byway_rules_free_patterns(cfg->preload.exclude, cfg->preload.n_exclude);
+	free(cfg->preload.dests);
 	free(cfg);
 }
 
@@ -1432,6 +1598,45 @@ static void print_duration(FILE *f, const char *key, uint32_t ms)
 	fprintf(f, "%s = %s\n", key, byway_config_format_duration(ms, buf, sizeof(buf)));
 }
 
+static void print_patterns(FILE *f, const char *key, char *const *v, size_t n)
+{
+	if (n == 0)
+		return;
+	fprintf(f, "%s = ", key);
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "%s%s", i ? "," : "", v[i]);
+	fputc('\n', f);
+}
+
+/* The lists and the bound only when set: an empty list cannot be written (and means all). */
+static void print_preload(FILE *f, const struct byway_config_preload *pc)
+{
+	char buf[BYWAY_ADDR_STRLEN + 8];
+
+	fprintf(f, "\n[preload]\nlisten = %s\nconnect = %s\n", pc->listen ? "yes" : "no",
+		pc->connect ? "yes" : "no");
+	if (pc->n_ports) {
+		fputs("ports = ", f);
+		for (size_t i = 0; i < pc->n_ports; i++) {
+			fprintf(f, "%s%u", i ? "," : "", pc->ports[i].lo);
+			if (pc->ports[i].hi != pc->ports[i].lo)
+				fprintf(f, "-%u", pc->ports[i].hi);
+		}
+		fputc('\n', f);
+	}
+	print_patterns(f, "programs", pc->programs, pc->n_programs);
+	print_patterns(f, "exclude-programs", pc->exclude, pc->n_exclude);
+	if (pc->n_dests) {
+		fputs("destinations = ", f);
+		for (size_t i = 0; i < pc->n_dests; i++)
+			fprintf(f, "%s%s", i ? "," : "",
+				byway_cidr_format(&pc->dests[i], buf, sizeof(buf)));
+		fputc('\n', f);
+	}
+	if (pc->bound_ms)
+		print_duration(f, "bound", pc->bound_ms);
+}
+
 int byway_config_print(const struct byway_config *cfg, FILE *f)
 {
 	const struct byway_system *sys = cfg->sys;
@@ -1457,12 +1662,21 @@ int byway_config_print(const struct byway_config *cfg, FILE *f)
 		cfg->allow_low_ports ? "yes" : "no");
 	if (cfg->has_metrics)
 		fprintf(f, "metrics = %s\n", byway_tuple_format(&cfg->metrics, buf, sizeof(buf)));
+	if (cfg->etcd_ca[0])
+		fprintf(f, "etcd-ca = %s\n", cfg->etcd_ca);
+	if (cfg->etcd_cert[0])
+		fprintf(f, "etcd-cert = %s\netcd-key = %s\n", cfg->etcd_cert, cfg->etcd_key);
+	if (cfg->etcd_user[0])
+		fprintf(f, "etcd-user = %s\netcd-password-file = %s\n", cfg->etcd_user,
+			cfg->etcd_password_file);
 
 	fprintf(f, "\n[policy]\nselection = %s\n", byway_policy_name(cfg->policy.selection));
 	print_duration(f, "retry-delay", cfg->policy.retry_delay_ms);
 	print_duration(f, "connect-timeout", cfg->policy.connect_timeout_ms);
 	fprintf(f, "fallback = %s\n", cfg->policy.fallback ? "yes" : "no");
 	print_duration(f, "negative-ttl", cfg->policy.negative_ttl_ms);
+	if (cfg->preload_line)
+		print_preload(f, &cfg->preload);
 
 	for (size_t i = 0; i < sys->n_nodes; i++) {
 		const struct byway_node *n = sys->nodes[i];

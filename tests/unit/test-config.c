@@ -200,6 +200,22 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->policy.negative_ttl_ms, 5000);
 	assert_int_equal(cfg->policy_line, 0);
 	assert_int_equal(cfg->system_line, 1);
+	/* No [preload] section: steer everything, and print no section. */
+	assert_int_equal(cfg->preload_line, 0);
+	assert_true(cfg->preload.listen);
+	assert_true(cfg->preload.connect);
+	assert_int_equal(cfg->preload.n_ports, 0);
+	assert_null(cfg->preload.ports);
+	assert_int_equal(cfg->preload.n_programs, 0);
+	assert_int_equal(cfg->preload.n_exclude, 0);
+	assert_int_equal(cfg->preload.n_dests, 0);
+	assert_int_equal(cfg->preload.bound_ms, 0);
+	{
+		char *out = print_str(cfg);
+
+		assert_null(strstr(out, "[preload]"));
+		free(out);
+	}
 	byway_config_free(cfg);
 
 	/* heartbeat defaults to a quarter of the lease, whatever the lease. */
@@ -487,6 +503,29 @@ static void test_values(void **state)
 		{ "policy", "retry-delay = 1ms", true },
 		{ "policy", "retry-delay = 0ms", false },
 		{ "policy", "selection = Round-Robin", false },
+		{ "preload", "listen = off", true },
+		{ "preload", "connect = 2", false },
+		{ "preload", "ports = 1, 65535", true },
+		{ "preload", "ports = 65536", false },
+		{ "preload", "ports = 1-65535", true },
+		{ "preload", "ports = 80-", false },
+		{ "preload", "ports = -80", false },
+		{ "preload", "ports = 1-2-3", false },
+		{ "preload", "ports = +80", false },
+		{ "preload", "programs = *", true },
+		{ "preload", "programs = a=b,[x]y", true },
+		{ "preload", "exclude-programs = #", false }, /* a comment: no value */
+		{ "preload", "destinations = ::/0 0.0.0.0/0", true },
+		{ "preload", "destinations = ::ffff:10.0.0.1/32", true },
+		{ "preload", "destinations = ::ffff:10.0.0.1/128", false },
+		{ "preload", "destinations = 10.0.0.0/", false },
+		{ "preload", "destinations = 10.0.0.0/-1", false },
+		{ "preload", "destinations = fd77::1:80", true },
+		{ "preload", "destinations = 10.0.0.1:80", false },
+		{ "preload", "destinations = host.example", false },
+		{ "preload", "bound = 1ms", true },
+		{ "preload", "bound = 60s", true },
+		{ "preload", "bound = 60001ms", false },
 		{ "node n1", "resource = eth1 weight=65535", true },
 		{ "node n1", "resource = eth1 weight=65536", false },
 		{ "node n1", "resource = eth1 weight=1 weight=2", false },
@@ -511,17 +550,17 @@ static void test_values(void **state)
 				 N1 "[system]\n%s\nname = lab\nglobal = 10.77.255.1\n"
 				    "map = 10.77.1.100:7700\n",
 				 t[i].line);
-		else if (!strcmp(t[i].section, "policy"))
-			snprintf(text, sizeof(text), SYS N1 "[policy]\n%s\n", t[i].line);
+		else if (!strcmp(t[i].section, "policy") || !strcmp(t[i].section, "preload"))
+			snprintf(text, sizeof(text), SYS N1 "[%s]\n%s\n", t[i].section, t[i].line);
 		else
 			snprintf(text, sizeof(text), SYS N1 "%s\n", t[i].line);
 		r = byway_config_parse(text, strlen(text), "t.conf", &cfg, err, sizeof(err));
 		if (t[i].ok && r < 0)
 			fail_msg("[%s] %s: rejected: %s", t[i].section, t[i].line, err);
 		if (!t[i].ok) {
-			unsigned int want = !strcmp(t[i].section, "system")   ? 5
-					    : !strcmp(t[i].section, "policy") ? 9
-									      : 8;
+			unsigned int want = !strcmp(t[i].section, "system")    ? 5
+					    : !strcmp(t[i].section, "node n1") ? 8
+									       : 9;
 			char prefix[32];
 
 			if (r != -EINVAL)
@@ -532,6 +571,68 @@ static void test_values(void **state)
 		}
 		byway_config_free(cfg);
 	}
+}
+
+/* The [preload] section: what the parser stores, and the list limits. */
+static void test_preload(void **state)
+{
+	struct byway_config *cfg;
+	char buf[64], err[512], *text, *out;
+	size_t len, cap = 8192;
+
+	cfg = parse_ok(SYS N1 "[preload]\nlisten = no\nports = 80 8000-8100\n"
+			      "programs = nginx,redis-*\nexclude-programs = ssh\n"
+			      "destinations = 10.77.255.1, fd77:0:0:1::5/64\nbound = 2s\n");
+	assert_int_equal(cfg->preload_line, 8);
+	assert_false(cfg->preload.listen);
+	assert_true(cfg->preload.connect);
+	assert_int_equal(cfg->preload.n_ports, 2);
+	assert_int_equal(cfg->preload.ports[0].lo, 80);
+	assert_int_equal(cfg->preload.ports[0].hi, 80);
+	assert_int_equal(cfg->preload.ports[1].lo, 8000);
+	assert_int_equal(cfg->preload.ports[1].hi, 8100);
+	assert_int_equal(cfg->preload.n_programs, 2);
+	assert_string_equal(cfg->preload.programs[0], "nginx");
+	assert_string_equal(cfg->preload.programs[1], "redis-*");
+	assert_int_equal(cfg->preload.n_exclude, 1);
+	assert_string_equal(cfg->preload.exclude[0], "ssh");
+	assert_int_equal(cfg->preload.n_dests, 2);
+	assert_string_equal(byway_cidr_format(&cfg->preload.dests[0], buf, sizeof(buf)),
+			    "10.77.255.1/32");
+	assert_int_equal(cfg->preload.dests[0].len, 32);
+	assert_string_equal(byway_cidr_format(&cfg->preload.dests[1], buf, sizeof(buf)),
+			    "fd77:0:0:1::/64");
+	assert_int_equal(cfg->preload.bound_ms, 2000);
+	out = print_str(cfg);
+	assert_non_null(strstr(out, "\n[policy]\n"));
+	assert_true(strstr(out, "\n[preload]\nlisten = no\nconnect = yes\nports = 80,8000-8100\n"
+				"programs = nginx,redis-*\nexclude-programs = ssh\n"
+				"destinations = 10.77.255.1/32,fd77:0:0:1::/64\nbound = "
+				"2s\n\n[node n1]\n") != NULL);
+	free(out);
+	byway_config_free(cfg);
+
+	/* 256 entries of 255 characters is the limit of a list. */
+	text = malloc(cap);
+	assert_non_null(text);
+	len = (size_t)snprintf(text, cap, SYS N1 "[preload]\nports = ");
+	for (unsigned int i = 1; i <= 256; i++)
+		len += (size_t)snprintf(text + len, cap - len, "%s%u", i > 1 ? "," : "", i);
+	len += (size_t)snprintf(text + len, cap - len, "\nprograms = ");
+	memset(text + len, 'x', 255);
+	len += 255;
+	snprintf(text + len, cap - len, "\n");
+	cfg = parse_ok(text);
+	assert_int_equal(cfg->preload.n_ports, 256);
+	assert_int_equal(cfg->preload.ports[255].lo, 256);
+	assert_int_equal(strlen(cfg->preload.programs[0]), 255);
+	byway_config_free(cfg);
+	/* One more of each is refused. */
+	snprintf(text + len, cap - len, "x\n");
+	parse_err(text, err, sizeof(err));
+	assert_string_equal(err, "t.conf:10: entry 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' in "
+				 "programs too long (at most 255 characters)");
+	free(text);
 }
 
 /* ---- lexer details and limits ---- */
@@ -791,6 +892,7 @@ int main(void)
 		cmocka_unit_test(test_policies),
 		cmocka_unit_test(test_map),
 		cmocka_unit_test(test_values),
+		cmocka_unit_test(test_preload),
 		cmocka_unit_test(test_lexing),
 		cmocka_unit_test(test_line_length),
 		cmocka_unit_test(test_file_size),
