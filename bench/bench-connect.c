@@ -16,6 +16,13 @@
  *    connection (which inherits the filter: it runs on every packet that connection
  *    receives).
  *
+ * 3. The preload: a program's own connect() to (global IP, P) through libbyway-preload.so
+ *    (warm replica) against the same program without the preload dialling the tuple. Each
+ *    side is a child process (bench-connect --child N IP PORT) doing a batch of connects
+ *    after a warm-up, the two alternating; connects to the global IP can only succeed
+ *    translated (nothing listens there). The library: $BYWAY_PRELOAD_LIB, else
+ *    ../src/preload/libbyway-preload.so next to this program.
+ *
  *   bench-connect [-q]    (-q: fewer rounds, for a smoke run)
  *
  * The client runs on the first allowed CPU, the server threads on the last, the same for
@@ -41,6 +48,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -321,9 +329,90 @@ static struct byway_shm_writer *publish(const char *dir, uint16_t port)
 	return w;
 }
 
+/* --child N IP PORT: N connects after 50 of warm-up; prints connections per second. */
+static int child_main(int argc, char **argv)
+{
+	uint16_t port;
+	double rate;
+	int n;
+
+	if (argc < 5)
+		return 2;
+	n = atoi(argv[2]);
+	port = (uint16_t)atoi(argv[4]);
+	pin(false);
+	plain_round(argv[3], port, 50);
+	rate = plain_round(argv[3], port, n);
+	printf("%.1f\n", rate);
+	return 0;
+}
+
+/* One child batch; its rate, or exits on failure. */
+static double child_batch(const char *self, const char *lib, const char *ip, uint16_t port, int n)
+{
+	char nb[16], pb[8], out[64];
+	int pfd[2], status;
+	ssize_t got;
+	pid_t pid;
+
+	snprintf(nb, sizeof(nb), "%d", n);
+	snprintf(pb, sizeof(pb), "%u", port);
+	if (pipe(pfd) < 0)
+		die("pipe");
+	pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		dup2(pfd[1], 1);
+		close(pfd[0]);
+		close(pfd[1]);
+		if (lib)
+			setenv("LD_PRELOAD", lib, 1);
+		else
+			unsetenv("LD_PRELOAD");
+		execl(self, self, "--child", nb, ip, pb, (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	got = read(pfd[0], out, sizeof(out) - 1);
+	close(pfd[0]);
+	waitpid(pid, &status, 0);
+	if (got <= 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		fprintf(stderr, "bench-connect: child (%s) to %s failed\n",
+			lib ? "preload" : "plain", ip);
+		exit(1);
+	}
+	out[got] = '\0';
+	return atof(out);
+}
+
+static const char *find_preload(char *buf, size_t size)
+{
+	const char *env = getenv("BYWAY_PRELOAD_LIB");
+	char exe[512];
+	ssize_t n;
+	char *slash;
+
+	if (env && *env)
+		return access(env, R_OK) == 0 ? env : NULL;
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0)
+		return NULL;
+	exe[n] = '\0';
+	slash = strrchr(exe, '/');
+	if (!slash)
+		return NULL;
+	*slash = '\0';
+	snprintf(buf, size, "%s/../src/preload/libbyway-preload.so", exe);
+	return access(buf, R_OK) == 0 ? buf : NULL;
+}
+
 int main(int argc, char **argv)
 {
 	int rounds = argc > 1 && !strcmp(argv[1], "-q") ? 10 : 60;
+	double pl_plain[60], pl_pre[60], pl_ratio[60];
+	char libbuf[600];
+	const char *lib;
 	int per_round = 250;
 	double plain[60], bw[60], filt[60], unfilt[60], ratio_bp[60], ratio_fu[60], ratio_aa[60];
 	double aa_sorted[60];
@@ -336,6 +425,9 @@ int main(int argc, char **argv)
 	uint16_t port, fport, uport, rfport, ruport;
 	int lfd, ffd, ufd, rffd, rufd;
 	FILE *f;
+
+	if (argc > 1 && !strcmp(argv[1], "--child"))
+		return child_main(argc, argv);
 
 	if (!mkdtemp(dir))
 		die("mkdtemp");
@@ -402,6 +494,27 @@ int main(int argc, char **argv)
 		ratio_aa[r] = plain_round(TUPLE_IP, port, per_round) /
 			      plain_round(TUPLE_IP, port, per_round);
 	}
+	/* 3. The preload, in child processes (they inherit the config and the replica). */
+	lib = find_preload(libbuf, sizeof(libbuf));
+	if (lib) {
+		char self[512];
+		ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+		if (n <= 0)
+			die("readlink");
+		self[n] = '\0';
+		setenv("BYWAY_CONF", conf, 1);
+		for (int r = 0; r < rounds; r++) {
+			if (r % 2) {
+				pl_pre[r] = child_batch(self, lib, GLOBAL, port, per_round);
+				pl_plain[r] = child_batch(self, NULL, TUPLE_IP, port, per_round);
+			} else {
+				pl_plain[r] = child_batch(self, NULL, TUPLE_IP, port, per_round);
+				pl_pre[r] = child_batch(self, lib, GLOBAL, port, per_round);
+			}
+			pl_ratio[r] = pl_pre[r] / pl_plain[r];
+		}
+	}
 	atomic_store(&stop_accept, true);
 	pthread_join(acc_th, NULL);
 
@@ -452,6 +565,22 @@ int main(int argc, char **argv)
 		printf("  %-38s %10.3f   (pairs' 10-90%%: %.3f .. %.3f)\n",
 		       "noise floor: plain/plain (A/A)", median(ratio_aa, rounds),
 		       aa_sorted[rounds / 10], aa_sorted[rounds - 1 - rounds / 10]);
+		printf("\nconnect() through libbyway-preload.so (warm replica) vs the same program "
+		       "without "
+		       "it\n");
+		if (lib) {
+			printf("  %d interleaved pairs of child processes, %d connections each\n",
+			       rounds, per_round);
+			printf("  %-38s %10.3f   (target >= 0.97)\n",
+			       "ratio preload/plain (median of pairs)", median(pl_ratio, rounds));
+			printf("  %-38s %10.0f conn/s\n", "plain connect() to the tuple",
+			       median(pl_plain, rounds));
+			printf("  %-38s %10.0f conn/s\n", "connect() to the global IP, preload",
+			       median(pl_pre, rounds));
+		} else {
+			printf("  skipped: libbyway-preload.so not found (set "
+			       "BYWAY_PRELOAD_LIB)\n");
+		}
 		printf("\nlisten filter (8 addresses, the dialled one last) vs no filter, wildcard "
 		       "listeners\n");
 		printf("  %-38s %10.0f conn/s %8.2f us CPU/conn\n", "accept rate, no filter", mu,
