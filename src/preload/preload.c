@@ -424,10 +424,14 @@ plain:
 	return r;
 }
 
-/* Move the registration connection out of the way of a program that names its number. */
-static void internal_relocate(int fd)
+/*
+ * Move the registration connection out of the way of a program that names its number (a
+ * daemon closing every descriptor, a dup2 onto it): true when it moved and fd is free.
+ */
+static bool internal_relocate(int fd)
 {
 	struct fdslot *s = slot(fd, false), *ns;
+	bool moved = false;
 	int nfd;
 
 	pthread_mutex_lock(&glock);
@@ -444,11 +448,13 @@ static void internal_relocate(int fd)
 			s->group = NULL;
 			atomic_store(&s->flags, 0);
 			real_close(fd);
+			moved = true;
 		} else if (nfd >= 0) {
 			real_close(nfd);
 		}
 	}
 	pthread_mutex_unlock(&glock);
+	return moved;
 }
 
 EXPORT int listen(int fd, int backlog)
@@ -488,8 +494,25 @@ EXPORT int listen(int fd, int backlog)
 		errno = saved;
 		return real_listen(fd, backlog);
 	}
+	{
+		/* The registration lives as long as the listener: across exec too, when it does. */
+		int fdfl = real_fcntl(fd, F_GETFD);
+
+		if (fdfl >= 0 && !(fdfl & FD_CLOEXEC))
+			(void)real_fcntl(afd, F_SETFD, 0);
+	}
+	r = real_listen(fd, backlog);
+	if (r < 0) {
+		int e = errno;
+
+		real_close(afd);
+		free(inst);
+		errno = e;
+		return r;
+	}
 	if ((fl & FL_WILD) && byway_addr_family(&bound.addr) == AF_INET6) {
-		/* A dual-stack IPv6 wildcard listener takes IPv4 too: register that as well. */
+		/* A dual-stack IPv6 wildcard listener takes IPv4 too: register that as well, once
+		 * it listens (no filter to attach first). */
 		int v6only = 1;
 		socklen_t l = sizeof(v6only);
 
@@ -505,28 +528,9 @@ EXPORT int listen(int fd, int backlog)
 				afd4 = -1;
 			in_byway--;
 			free(i4);
-		}
-	}
-	{
-		/* The registration lives as long as the listener: across exec too, when it does. */
-		int fdfl = real_fcntl(fd, F_GETFD);
-
-		if (fdfl >= 0 && !(fdfl & FD_CLOEXEC)) {
-			(void)real_fcntl(afd, F_SETFD, 0);
-			if (afd4 >= 0)
+			if (afd4 >= 0 && (r = real_fcntl(fd, F_GETFD)) >= 0 && !(r & FD_CLOEXEC))
 				(void)real_fcntl(afd4, F_SETFD, 0);
 		}
-	}
-	r = real_listen(fd, backlog);
-	if (r < 0) {
-		int e = errno;
-
-		real_close(afd);
-		if (afd4 >= 0)
-			real_close(afd4);
-		free(inst);
-		errno = e;
-		return r;
 	}
 	{
 		struct lgroup *g = calloc(1, sizeof(*g));
@@ -647,9 +651,9 @@ EXPORT int close(int fd)
 	if (in_byway)
 		return real_close(fd);
 	fl = flags_of(fd);
-	if (fl & FL_INTERNAL)
-		internal_relocate(fd); /* the program closes a number it thinks free */
-	else if (fl)
+	if ((fl & FL_INTERNAL) && internal_relocate(fd))
+		return 0; /* the program closed a number it did not know was ours: it is free now */
+	if (fl)
 		forget(fd);
 	return real_close(fd);
 }
@@ -675,7 +679,7 @@ static int dup23(int oldfd, int newfd, int flags, bool three)
 		uint32_t fl = flags_of(newfd);
 
 		if (fl & FL_INTERNAL)
-			internal_relocate(newfd);
+			(void)internal_relocate(newfd);
 	}
 	r = three ? real_dup3(oldfd, newfd, flags) : real_dup2(oldfd, newfd);
 	if (r >= 0 && oldfd != newfd) {
