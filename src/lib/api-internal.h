@@ -58,6 +58,11 @@ const struct byway_config *byway__ctx_config(const struct byway_ctx *ctx);
 void byway__count(struct byway_ctx *ctx, enum byway_wire_counter kind,
 		  const struct byway_tuple *service);
 
+/* A translated non-blocking connect to used failed later (the program learnt it from
+ * SO_ERROR or a second connect): negative-cache the tuple and count it. */
+void byway__connect_failed(struct byway_ctx *ctx, const struct byway_tuple *dst,
+			   const struct byway_tuple *used);
+
 /* Send what was counted to the agent now (at exit). */
 void byway__report_flush(struct byway_ctx *ctx);
 

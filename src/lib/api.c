@@ -2411,6 +2411,16 @@ void byway__count(struct byway_ctx *ctx, enum byway_wire_counter kind,
 	report_maybe_flush(ctx, byway__now_ms());
 }
 
+void byway__connect_failed(struct byway_ctx *ctx, const struct byway_tuple *dst,
+			   const struct byway_tuple *used)
+{
+	uint64_t now = byway__now_ms();
+
+	byway_selector_failed(ctx->sel, used, now);
+	count(ctx, BYWAY_WIRE_CNT_FAILED, dst, used);
+	report_maybe_flush(ctx, now);
+}
+
 void byway__report_flush(struct byway_ctx *ctx)
 {
 	if (ctx->agent_salen && ctx->cfg)

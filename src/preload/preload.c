@@ -78,6 +78,7 @@ static int (*real_dup2)(int, int);
 static int (*real_dup3)(int, int, int);
 static int (*real_fcntl)(int, int, ...);
 static int (*real_setsockopt)(int, int, int, const void *, socklen_t);
+static int (*real_getsockopt)(int, int, int, void *, socklen_t *);
 static int (*real_getsockname)(int, struct sockaddr *, socklen_t *);
 static int (*real_getpeername)(int, struct sockaddr *, socklen_t *);
 
@@ -120,6 +121,7 @@ static void resolve_all(void)
 	RESOLVE(dup3);
 	RESOLVE(fcntl);
 	RESOLVE(setsockopt);
+	RESOLVE(getsockopt);
 	RESOLVE(getsockname);
 	RESOLVE(getpeername);
 }
@@ -139,6 +141,7 @@ enum {
 	FL_LISTENER = 1u << 6, /* registered: group holds the registration */
 	FL_INTERNAL = 1u << 7, /* a registration connection of ours */
 	FL_TRIED = 1u << 8,    /* connect() went through byway once: later calls are the kernel's */
+	FL_PENDING = 1u << 9,  /* a translated non-blocking connect whose outcome is not known */
 };
 
 struct lgroup {
@@ -152,6 +155,7 @@ struct fdslot {
 	_Atomic uint32_t flags;
 	socklen_t alen;
 	struct sockaddr_in6 addr; /* large enough for sockaddr_in too */
+	struct byway_tuple used;  /* FL_PEER: the bypass tuple connected to */
 	struct lgroup *group;     /* FL_LISTENER and FL_INTERNAL; under glock */
 };
 
@@ -293,10 +297,12 @@ static bool is_tcp(int fd, uint32_t fl)
 
 	if (fl & FL_TCP)
 		return true;
-	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0 || type != SOCK_STREAM)
+	RESOLVE(getsockopt);
+	if (real_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0 || type != SOCK_STREAM)
 		return false;
 	l = sizeof(proto);
-	return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) == 0 && proto == IPPROTO_TCP;
+	return real_getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) == 0 &&
+	       proto == IPPROTO_TCP;
 }
 
 /* ---- socket, accept --------------------------------------------------------------------- */
@@ -516,7 +522,7 @@ EXPORT int listen(int fd, int backlog)
 		int v6only = 1;
 		socklen_t l = sizeof(v6only);
 
-		if (getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &l) == 0 && !v6only) {
+		if (real_getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &l) == 0 && !v6only) {
 			struct byway_instance *i4 = malloc(sizeof(*i4));
 			struct byway_tuple b4;
 			struct byway_addr any4;
@@ -631,6 +637,7 @@ static void copy_slot(int oldfd, int newfd)
 		return;
 	n->addr = o->addr;
 	n->alen = o->alen;
+	n->used = o->used;
 	if (fl & FL_LISTENER) {
 		pthread_mutex_lock(&glock);
 		n->group = o->group;
@@ -730,6 +737,49 @@ EXPORT int fcntl64(int fd, int cmd, ...)
 
 /* ---- connect, names -------------------------------------------------------------------- */
 
+/*
+ * The outcome of a translated non-blocking connect, as the program learns it: a failure
+ * negative-caches the tuple (the next connects avoid it) and is counted, once.
+ */
+static void pending_outcome(int fd, int err)
+{
+	struct fdslot *s = slot(fd, false);
+	struct byway_tuple dst;
+	uint32_t fl;
+
+	if (!s || !ctx)
+		return;
+	fl = atomic_fetch_and(&s->flags, ~(uint32_t)FL_PENDING);
+	if (!(fl & FL_PENDING) || !err)
+		return;
+	if (byway_tuple_from_sockaddr((struct sockaddr *)&s->addr, s->alen, IPPROTO_TCP, &dst) < 0)
+		return;
+	in_byway++;
+	byway__connect_failed(ctx, &dst, &s->used);
+	in_byway--;
+	if (rules.debug) {
+		char a[80], b[80];
+
+		debug("connect %s -> %s failed %s", byway_tuple_format(&dst, a, sizeof(a)),
+		      byway_tuple_format(&s->used, b, sizeof(b)), strerror(err));
+	}
+}
+
+EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+	int r, saved;
+
+	RESOLVE(getsockopt);
+	r = real_getsockopt(fd, level, name, val, len);
+	if (r == 0 && level == SOL_SOCKET && name == SO_ERROR && !in_byway && val && len &&
+	    *len >= (socklen_t)sizeof(int) && (flags_of(fd) & FL_PENDING)) {
+		saved = errno;
+		pending_outcome(fd, *(int *)val);
+		errno = saved;
+	}
+	return r;
+}
+
 EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
 	struct byway__fd_connect c = { .fd = fd };
@@ -748,8 +798,20 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 	if (byway_tuple_from_sockaddr(addr, len, IPPROTO_TCP, &dst) < 0)
 		return real_connect(fd, addr, len);
 	fl = flags_of(fd);
-	if (fl & FL_TRIED) /* a second connect (EALREADY/EISCONN, or a retry): the program's */
-		return real_connect(fd, addr, len);
+	if (fl & FL_TRIED) {
+		/* A second connect (EALREADY, EISCONN, or the outcome): the kernel's answer. */
+		r = real_connect(fd, addr, len);
+		if (fl & FL_PENDING) {
+			int e = errno;
+
+			if (r == 0 || e == EISCONN)
+				pending_outcome(fd, 0);
+			else if (e != EALREADY && e != EINPROGRESS && e != EINTR)
+				pending_outcome(fd, e);
+			errno = e;
+		}
+		return r;
+	}
 	if (!rules.connect || !byway_rules_port(&rules, dst.port) ||
 	    !byway_rules_dest(&rules, &dst.addr)) {
 		debug("connect %s untouched rule", byway_tuple_format(&dst, what, sizeof(what)));
@@ -774,7 +836,7 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 	if (fl & FL_SNDTIMEO) {
 		socklen_t l = sizeof(c.sndtimeo);
 
-		if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &c.sndtimeo, &l) < 0)
+		if (real_getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &c.sndtimeo, &l) < 0)
 			return real_connect(fd, addr, len);
 	}
 	in_byway++;
@@ -793,7 +855,8 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 			memset(&s->addr, 0, sizeof(s->addr));
 			memcpy(&s->addr, addr, len < sizeof(s->addr) ? len : sizeof(s->addr));
 			s->alen = len < sizeof(s->addr) ? len : sizeof(s->addr);
-			atomic_fetch_or(&s->flags, FL_PEER);
+			s->used = c.used;
+			atomic_fetch_or(&s->flags, FL_PEER | (r == -EINPROGRESS ? FL_PENDING : 0));
 		}
 		debug("connect %s -> %s translated", byway_tuple_format(&dst, what, sizeof(what)),
 		      byway_tuple_format(&c.used, used, sizeof(used)));
