@@ -63,6 +63,10 @@ void byway__count(struct byway_ctx *ctx, enum byway_wire_counter kind,
 void byway__connect_failed(struct byway_ctx *ctx, const struct byway_tuple *dst,
 			   const struct byway_tuple *used);
 
+/* In a child after fork(): forget the parent's unreported counts (the parent reports them),
+ * make the context's lock usable. Only atomic stores and a mutex init. */
+void byway__forked_child(struct byway_ctx *ctx);
+
 /* Send what was counted to the agent now (at exit). */
 void byway__report_flush(struct byway_ctx *ctx);
 

@@ -2421,6 +2421,18 @@ void byway__connect_failed(struct byway_ctx *ctx, const struct byway_tuple *dst,
 	report_maybe_flush(ctx, now);
 }
 
+void byway__forked_child(struct byway_ctx *ctx)
+{
+	/* The parent reports what it counted before the fork; the child starts from zero. A
+	 * thread of the parent may have held the lock at the fork: the child's copy is new. */
+	pthread_mutex_init(&ctx->lock, NULL);
+	for (size_t i = 0; i < API_REPORT_SLOTS; i++)
+		atomic_store_explicit(&ctx->reports[i].count, 0, memory_order_relaxed);
+	for (size_t i = 0; i < BYWAY_WIRE_CNT__N; i++)
+		atomic_store_explicit(&ctx->counters[i], 0, memory_order_relaxed);
+	atomic_store_explicit(&ctx->report_next_ms, 0, memory_order_relaxed);
+}
+
 void byway__report_flush(struct byway_ctx *ctx)
 {
 	if (ctx->agent_salen && ctx->cfg)

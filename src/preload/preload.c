@@ -101,10 +101,19 @@ static void fork_done(void)
 	pthread_mutex_unlock(&glock);
 }
 
+static struct byway_ctx *ctx;
+
+static void fork_child(void)
+{
+	pthread_mutex_unlock(&glock);
+	if (ctx)
+		byway__forked_child(ctx);
+}
+
 __attribute__((constructor)) static void preload_ctor(void)
 {
 	resolve_all();
-	pthread_atfork(fork_prepare, fork_done, fork_done);
+	pthread_atfork(fork_prepare, fork_done, fork_child);
 }
 
 static void resolve_all(void)
@@ -205,7 +214,7 @@ static void set_flags(int fd, uint32_t flags)
 /* ---- context, rules, debug ------------------------------------------------------------- */
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static struct byway_ctx *ctx; /* NULL: the preload stays out of the way */
+/* ctx (above): NULL while the preload stays out of the way. */
 static struct byway_rules rules;
 static bool steer_program;
 
