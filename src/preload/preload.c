@@ -151,7 +151,11 @@ enum {
 	FL_INTERNAL = 1u << 7, /* a registration connection of ours */
 	FL_TRIED = 1u << 8,    /* connect() went through byway once: later calls are the kernel's */
 	FL_PENDING = 1u << 9,  /* a translated non-blocking connect whose outcome is not known */
+	FL_LEFT = 1u << 10,    /* bound, port != 0, left alone: why says why (told at listen()) */
 };
+
+enum { WHY_RULE = 1, WHY_ADDRESS, WHY_NOT_NODE };
+static const char *const why_text[] = { "", "rule", "address", "not-node" };
 
 struct lgroup {
 	int agent_fd;
@@ -165,6 +169,7 @@ struct fdslot {
 	socklen_t alen;
 	struct sockaddr_in6 addr; /* large enough for sockaddr_in too */
 	struct byway_tuple used;  /* FL_PEER: the bypass tuple connected to */
+	uint8_t why;              /* FL_LEFT: WHY_* */
 	struct lgroup *group;     /* FL_LISTENER and FL_INTERNAL; under glock */
 };
 
@@ -290,13 +295,13 @@ out:
 	errno = saved;
 }
 
-/* The context when this call may be steered, else NULL. */
-static struct byway_ctx *active(void)
+/* The context (the rules decide what is steered), else NULL: the preload is off. */
+static struct byway_ctx *context(void)
 {
 	if (in_byway)
 		return NULL;
 	pthread_once(&once, init);
-	return ctx && steer_program ? ctx : NULL;
+	return ctx;
 }
 
 static bool is_tcp(int fd, uint32_t fl)
@@ -380,22 +385,37 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 	int kind, saved = errno, r;
 
 	RESOLVE(bind);
-	c = active();
-	if (!c || !rules.listen || !addr ||
-	    (addr->sa_family != AF_INET && addr->sa_family != AF_INET6))
+	c = context();
+	if (!c || !addr || (addr->sa_family != AF_INET && addr->sa_family != AF_INET6))
 		return real_bind(fd, addr, len);
-	if (byway_tuple_from_sockaddr(addr, len, IPPROTO_TCP, &t) < 0 || t.port == 0 ||
-	    !byway_rules_port(&rules, t.port))
+	if (byway_tuple_from_sockaddr(addr, len, IPPROTO_TCP, &t) < 0 || t.port == 0)
 		goto plain;
 	fl = flags_of(fd);
+	if (!is_tcp(fd, fl))
+		goto plain;
 	in_byway++;
 	kind = byway__listen_addr(c, &t.addr);
 	in_byway--;
-	if (kind < 0 || !is_tcp(fd, fl))
-		goto plain;
 	s = slot(fd, true);
 	if (!s)
 		goto plain;
+	if (!steer_program || !rules.listen || !byway_rules_port(&rules, t.port) || kind < 0) {
+		/* Left alone; a listen() on it says why. */
+		r = real_bind(fd, addr, len);
+		if (r == 0) {
+			memset(&s->addr, 0, sizeof(s->addr));
+			memcpy(&s->addr, addr, len < sizeof(s->addr) ? len : sizeof(s->addr));
+			s->alen = len < sizeof(s->addr) ? len : sizeof(s->addr);
+			s->why = kind == -ENOTCONN        ? WHY_NOT_NODE
+				 : kind == -EADDRNOTAVAIL ? WHY_ADDRESS
+							  : WHY_RULE;
+			if (!steer_program || !rules.listen || !byway_rules_port(&rules, t.port))
+				s->why = WHY_RULE;
+			atomic_store(&s->flags,
+				     (fl & (FL_TCP | FL_SNDTIMEO)) | FL_TCP | FL_BOUND | FL_LEFT);
+		}
+		return r;
+	}
 	if (kind == 1) {
 		/* This node's local IP or a global IP: the wildcard of the family instead. */
 		struct sockaddr_storage ss;
@@ -483,8 +503,19 @@ EXPORT int listen(int fd, int backlog)
 	int afd = -1, afd4 = -1, saved = errno, r;
 
 	RESOLVE(listen);
-	c = active();
+	c = context();
 	fl = flags_of(fd);
+	if (c && (fl & FL_LEFT) && rules.debug) {
+		struct fdslot *ls = slot(fd, false);
+
+		if (ls && byway_tuple_from_sockaddr((struct sockaddr *)&ls->addr, ls->alen,
+						    IPPROTO_TCP, &bound) == 0) {
+			atomic_fetch_and(&ls->flags, ~(uint32_t)FL_LEFT);
+			debug("listen %s untouched %s",
+			      byway_tuple_format(&bound, what, sizeof(what)),
+			      why_text[ls->why < 4 ? ls->why : 0]);
+		}
+	}
 	if (!c || !(fl & (FL_WILD | FL_WIDENED)) || (fl & FL_LISTENER))
 		return real_listen(fd, backlog);
 	s = slot(fd, false);
@@ -801,7 +832,7 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 	RESOLVE(connect);
 	if (in_byway || !addr || (addr->sa_family != AF_INET && addr->sa_family != AF_INET6))
 		return real_connect(fd, addr, len);
-	bc = active();
+	bc = context();
 	if (!bc)
 		return real_connect(fd, addr, len);
 	if (byway_tuple_from_sockaddr(addr, len, IPPROTO_TCP, &dst) < 0)
@@ -821,7 +852,7 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 		}
 		return r;
 	}
-	if (!rules.connect || !byway_rules_port(&rules, dst.port) ||
+	if (!steer_program || !rules.connect || !byway_rules_port(&rules, dst.port) ||
 	    !byway_rules_dest(&rules, &dst.addr)) {
 		debug("connect %s untouched rule", byway_tuple_format(&dst, what, sizeof(what)));
 		in_byway++;
