@@ -6,8 +6,9 @@
  *   store_embedded.c  a client of the embedded map server (another bywayd, or this one)
  *                     over the authenticated wire protocol (wire.h): HELLO, a lease renewed
  *                     by HEARTBEAT, REGISTER/WITHDRAW, WATCH -> SNAPSHOT chunks + DELTAs.
- *   store_etcd.c      (later) etcd's v3 JSON gateway: one lease per agent, keys under a
- *                     system prefix, watch with revisions.
+ *   store_etcd.c      etcd's v3 JSON gateway (libcurl multi + jansson): one lease per
+ *                     agent, one key per instance under a system prefix, watch with
+ *                     revisions (docs/ARCHITECTURE.md, "The etcd store").
  *
  * Every call is asynchronous and never blocks the event loop. The store owns the agent's
  * desired state: the set of instances published through it. After a reconnect or a lost
@@ -71,7 +72,6 @@ int store_nodes(struct store *s,
 		void (*done)(void *arg, int status, const struct store_node_info *ni, size_t n),
 		void *arg);
 
-/* Backends, called by store_open() only: the embedded map server's protocol. */
-int store_embedded_open(struct bywayd *d, struct store **ret);
+/* The backends and their table of operations: store_backend.h (store.c and backends only). */
 
 #endif

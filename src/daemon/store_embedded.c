@@ -23,7 +23,7 @@
 #include "log.h"
 #include "peer.h"
 #include "stats.h"
-#include "store.h"
+#include "store_backend.h"
 
 #include <byway/config.h>
 #include <byway/wire.h>
@@ -65,7 +65,8 @@ struct req {
 };
 TAILQ_HEAD(req_list, req);
 
-struct store {
+struct emb_store {
+	struct store base; /* first: store.c dispatches through base.ops */
 	struct bywayd *d;
 	struct peer *peer;
 	bool up;
@@ -116,7 +117,7 @@ static void ms_to_tv(unsigned int ms, struct timeval *tv)
 	tv->tv_usec = (ms % 1000) * 1000;
 }
 
-static void emit(struct store *s, enum store_event ev, uint64_t rev)
+static void emit(struct emb_store *s, enum store_event ev, uint64_t rev)
 {
 	if (s->watching && s->w.event)
 		s->w.event(s->w.arg, ev, rev);
@@ -124,7 +125,7 @@ static void emit(struct store *s, enum store_event ev, uint64_t rev)
 
 /* ---- requests ---- */
 
-static struct req *req_add(struct store *s, enum req_kind kind, uint64_t seq)
+static struct req *req_add(struct emb_store *s, enum req_kind kind, uint64_t seq)
 {
 	struct req *q = calloc(1, sizeof(*q));
 
@@ -137,7 +138,7 @@ static struct req *req_add(struct store *s, enum req_kind kind, uint64_t seq)
 	return q;
 }
 
-static struct req *req_find(struct store *s, uint64_t seq)
+static struct req *req_find(struct emb_store *s, uint64_t seq)
 {
 	struct req *q;
 
@@ -148,7 +149,7 @@ static struct req *req_find(struct store *s, uint64_t seq)
 }
 
 /* Complete (and free) a request with status. */
-static void req_finish(struct store *s, struct req *q, int status)
+static void req_finish(struct emb_store *s, struct req *q, int status)
 {
 	TAILQ_REMOVE(&s->reqs, q, link);
 	switch (q->kind) {
@@ -166,7 +167,7 @@ static void req_finish(struct store *s, struct req *q, int status)
 	free(q);
 }
 
-static void wa_finish(struct store *s, int status)
+static void wa_finish(struct emb_store *s, int status)
 {
 	void (*done)(void *, int) = s->wa_done;
 	void *arg = s->wa_arg;
@@ -182,7 +183,7 @@ static void wa_finish(struct store *s, int status)
 }
 
 /* The connection is gone: operator requests fail, publications wait for the replay. */
-static void reqs_reset(struct store *s)
+static void reqs_reset(struct emb_store *s)
 {
 	struct req *q;
 
@@ -195,7 +196,7 @@ static void reqs_reset(struct store *s)
 
 static void sweep_cb(evutil_socket_t fd, short ev, void *arg)
 {
-	struct store *s = arg;
+	struct emb_store *s = arg;
 	uint64_t now = now_ms();
 	struct req *q, *next;
 
@@ -208,7 +209,7 @@ static void sweep_cb(evutil_socket_t fd, short ev, void *arg)
 
 /* ---- sending ---- */
 
-static int send_register(struct store *s, const struct byway_instance *inst)
+static int send_register(struct emb_store *s, const struct byway_instance *inst)
 {
 	struct byway_wbuf *wb;
 	struct req *q;
@@ -225,7 +226,7 @@ static int send_register(struct store *s, const struct byway_instance *inst)
 	return 0;
 }
 
-static int send_withdraw(struct store *s, uint64_t id)
+static int send_withdraw(struct emb_store *s, uint64_t id)
 {
 	struct byway_wire_withdraw w = { .id = id };
 	struct byway_wbuf *wb;
@@ -244,7 +245,7 @@ static int send_withdraw(struct store *s, uint64_t id)
 	return 0;
 }
 
-static int send_withdraw_node(struct store *s, enum req_kind kind, uint8_t reason)
+static int send_withdraw_node(struct emb_store *s, enum req_kind kind, uint8_t reason)
 {
 	struct byway_wire_withdraw_node w = { .reason = reason };
 	struct byway_wbuf *wb;
@@ -261,7 +262,7 @@ static int send_withdraw_node(struct store *s, enum req_kind kind, uint8_t reaso
 	return 0;
 }
 
-static int send_watch(struct store *s)
+static int send_watch(struct emb_store *s)
 {
 	struct byway_wire_watch w = { .from_rev = s->last_rev,
 				      .flags = BYWAY_WIRE_WATCH_F_PROGRESS };
@@ -279,7 +280,7 @@ static int send_watch(struct store *s)
 static void hb_cb(evutil_socket_t fd, short ev, void *arg)
 {
 	static struct byway_wire_heartbeat hb; /* large; single-threaded */
-	struct store *s = arg;
+	struct emb_store *s = arg;
 	struct byway_wbuf *wb;
 	struct timeval tv;
 	uint64_t seq;
@@ -298,14 +299,14 @@ static void hb_cb(evutil_socket_t fd, short ev, void *arg)
 
 /* ---- the connection ---- */
 
-static void connect_map(struct store *s);
+static void connect_map(struct emb_store *s);
 
 static void retry_cb(evutil_socket_t fd, short ev, void *arg)
 {
 	connect_map(arg);
 }
 
-static void schedule_retry(struct store *s)
+static void schedule_retry(struct emb_store *s)
 {
 	struct timeval tv;
 	unsigned int ms = s->backoff_ms, jitter = ms / 4;
@@ -321,7 +322,7 @@ static void schedule_retry(struct store *s)
 
 static int st_established(struct peer *p, const struct byway_wire_hello_ack *ack)
 {
-	struct store *s = peer_arg(p);
+	struct emb_store *s = peer_arg(p);
 	char buf[BYWAY_TUPLE_STRLEN];
 	struct timeval tv;
 	int r = 0;
@@ -369,7 +370,7 @@ static int st_established(struct peer *p, const struct byway_wire_hello_ack *ack
 
 static void st_closed(struct peer *p, int err)
 {
-	struct store *s = peer_arg(p);
+	struct emb_store *s = peer_arg(p);
 	char buf[BYWAY_TUPLE_STRLEN];
 	bool was_up = s->up;
 
@@ -391,7 +392,7 @@ static void st_closed(struct peer *p, int err)
 
 /* ---- answers and the watch ---- */
 
-static void on_answer(struct store *s, uint64_t ref_seq, int status, const char *msg)
+static void on_answer(struct emb_store *s, uint64_t ref_seq, int status, const char *msg)
 {
 	struct req *q = req_find(s, ref_seq);
 	uint64_t id;
@@ -440,7 +441,7 @@ static void on_answer(struct store *s, uint64_t ref_seq, int status, const char 
 	}
 }
 
-static int on_node_list(struct store *s, const struct byway_wire_frame *f)
+static int on_node_list(struct emb_store *s, const struct byway_wire_frame *f)
 {
 	struct store_node_info *ni = NULL;
 	struct req *q;
@@ -476,7 +477,7 @@ static int on_node_list(struct store *s, const struct byway_wire_frame *f)
 	return 0;
 }
 
-static int on_snapshot(struct store *s, const struct byway_wire_frame *f)
+static int on_snapshot(struct emb_store *s, const struct byway_wire_frame *f)
 {
 	static struct byway_instance inst; /* large; single-threaded */
 	struct byway_wire_snapshot snap;
@@ -509,7 +510,7 @@ static int on_snapshot(struct store *s, const struct byway_wire_frame *f)
 static int st_frame(struct peer *p, const struct byway_wire_frame *f)
 {
 	static struct byway_wire_delta dm; /* large; single-threaded */
-	struct store *s = peer_arg(p);
+	struct emb_store *s = peer_arg(p);
 	union {
 		struct byway_wire_ack ack;
 		struct byway_wire_error err;
@@ -584,7 +585,7 @@ static const struct peer_ops st_ops = {
  * answered (LEASE) and a watch gets progress ACKs twice per lease. A session with neither
  * has nothing to expect and relies on TCP keepalive.
  */
-static unsigned int idle_timeout(const struct store *s)
+static unsigned int idle_timeout(const struct emb_store *s)
 {
 	unsigned int idle = 2 * s->d->cfg->lease_ms;
 
@@ -593,7 +594,7 @@ static unsigned int idle_timeout(const struct store *s)
 	return idle < 500 ? 500 : idle;
 }
 
-static void connect_map(struct store *s)
+static void connect_map(struct emb_store *s)
 {
 	struct byway_wire_hello h = { .min_version = 1, .max_version = 1 };
 	struct peer_config pc = {
@@ -622,7 +623,7 @@ static void connect_map(struct store *s)
 
 static void wa_timeout_cb(evutil_socket_t fd, short ev, void *arg)
 {
-	struct store *s = arg;
+	struct emb_store *s = arg;
 
 	log_warnx("store: the map did not confirm the withdrawal of node %s in time",
 		  s->d->self->name);
@@ -631,13 +632,17 @@ static void wa_timeout_cb(evutil_socket_t fd, short ev, void *arg)
 
 /* ---- store.h ---- */
 
+static const struct store_ops emb_ops;
+static void emb_close(struct store *base);
+
 int store_embedded_open(struct bywayd *d, struct store **ret)
 {
 	static const struct timeval one_second = { 1, 0 };
-	struct store *s = calloc(1, sizeof(*s));
+	struct emb_store *s = calloc(1, sizeof(*s));
 
 	if (!s)
 		return -ENOMEM;
+	s->base.ops = &emb_ops;
 	s->d = d;
 	s->is_node = !d->self->client;
 	s->fresh = true;
@@ -649,18 +654,19 @@ int store_embedded_open(struct bywayd *d, struct store **ret)
 	s->wa_timer = evtimer_new(d->base, wa_timeout_cb, s);
 	s->nl = calloc(1, sizeof(*s->nl));
 	if (!s->retry_timer || !s->hb_timer || !s->sweep_timer || !s->wa_timer || !s->nl) {
-		store_close(s);
+		emb_close(&s->base);
 		return -ENOMEM;
 	}
 	evtimer_add(s->sweep_timer, &one_second);
 	srandom((unsigned int)(now_ms() ^ (uint64_t)getpid()));
 	connect_map(s);
-	*ret = s;
+	*ret = &s->base;
 	return 0;
 }
 
-void store_close(struct store *s)
+static void emb_close(struct store *base)
 {
+	struct emb_store *s = (struct emb_store *)base;
 	struct req *q;
 
 	if (!s)
@@ -684,7 +690,7 @@ void store_close(struct store *s)
 	free(s);
 }
 
-static struct byway_instance *inst_find(struct store *s, uint64_t id)
+static struct byway_instance *inst_find(struct emb_store *s, uint64_t id)
 {
 	for (size_t i = 0; i < s->n_insts; i++)
 		if (s->insts[i].id == id)
@@ -692,8 +698,9 @@ static struct byway_instance *inst_find(struct store *s, uint64_t id)
 	return NULL;
 }
 
-int store_publish(struct store *s, const struct byway_instance *inst)
+static int emb_publish(struct store *base, const struct byway_instance *inst)
 {
+	struct emb_store *s = (struct emb_store *)base;
 	struct byway_instance *slot;
 
 	if (!s->is_node || strcmp(inst->node, s->d->self->name) ||
@@ -727,8 +734,9 @@ int store_publish(struct store *s, const struct byway_instance *inst)
 	return 0;
 }
 
-int store_withdraw(struct store *s, uint64_t id)
+static int emb_withdraw(struct store *base, uint64_t id)
 {
+	struct emb_store *s = (struct emb_store *)base;
 	struct byway_instance *slot;
 
 	if (!s->is_node)
@@ -753,9 +761,10 @@ int store_withdraw(struct store *s, uint64_t id)
 	return 0;
 }
 
-int store_withdraw_all(struct store *s, unsigned int timeout_ms,
-		       void (*done)(void *arg, int status), void *arg)
+static int emb_withdraw_all(struct store *base, unsigned int timeout_ms,
+			    void (*done)(void *arg, int status), void *arg)
 {
+	struct emb_store *s = (struct emb_store *)base;
 	struct timeval tv;
 	int r;
 
@@ -779,8 +788,9 @@ int store_withdraw_all(struct store *s, unsigned int timeout_ms,
 	return 0;
 }
 
-int store_watch(struct store *s, const struct store_watcher *w)
+static int emb_watch(struct store *base, const struct store_watcher *w)
 {
+	struct emb_store *s = (struct emb_store *)base;
 	if (s->watching)
 		return -EBUSY;
 	s->w = *w;
@@ -794,9 +804,10 @@ int store_watch(struct store *s, const struct store_watcher *w)
 	return 0;
 }
 
-int store_drain(struct store *s, const char *node, const struct byway_addr *ip, bool drain,
-		void (*done)(void *arg, int status), void *arg)
+static int emb_drain(struct store *base, const char *node, const struct byway_addr *ip, bool drain,
+		     void (*done)(void *arg, int status), void *arg)
 {
+	struct emb_store *s = (struct emb_store *)base;
 	struct byway_wire_drain m = { .drain = drain };
 	struct byway_wbuf *wb;
 	struct req *q;
@@ -824,10 +835,12 @@ int store_drain(struct store *s, const char *node, const struct byway_addr *ip, 
 	return 0;
 }
 
-int store_nodes(struct store *s,
-		void (*done)(void *arg, int status, const struct store_node_info *ni, size_t n),
-		void *arg)
+static int emb_nodes(struct store *base,
+		     void (*done)(void *arg, int status, const struct store_node_info *ni,
+				  size_t n),
+		     void *arg)
 {
+	struct emb_store *s = (struct emb_store *)base;
 	struct byway_wire_nodes m = { .node = "" };
 	struct byway_wbuf *wb;
 	struct req *q;
@@ -849,3 +862,13 @@ int store_nodes(struct store *s,
 	q->arg = arg;
 	return 0;
 }
+
+static const struct store_ops emb_ops = {
+	.close = emb_close,
+	.publish = emb_publish,
+	.withdraw = emb_withdraw,
+	.withdraw_all = emb_withdraw_all,
+	.watch = emb_watch,
+	.drain = emb_drain,
+	.nodes = emb_nodes,
+};
