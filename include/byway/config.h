@@ -63,6 +63,7 @@ struct byway_config_preload {
 	size_t n_dests;
 	struct byway_cidr *dests; /* "destinations"; empty: every destination */
 	uint32_t bound_ms;        /* "bound", 1..60000; 0 when unset (policy connect-timeout) */
+	bool affinity_node;       /* "affinity = node" (default none) */
 };
 
 /*

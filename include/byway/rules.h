@@ -61,6 +61,13 @@ struct byway_rules {
 	 * [preload] section sets no bound).
 	 */
 	uint32_t bound_ms;
+	/*
+	 * Node affinity (BYWAY_AFFINITY=node, [preload] affinity = node): every connect of the
+	 * process to one service goes to the node its first connect went to, while that node
+	 * has a ready tuple. For protocols that open several connections to one server (iperf3,
+	 * FTP, some databases), as Kubernetes' sessionAffinity: ClientIP. Default: none.
+	 */
+	bool affinity_node;
 };
 
 /* Defaults: on, listen and connect, no debug, every program, port and destination. */

@@ -24,9 +24,12 @@ struct byway__fd_connect {
 	bool bound;              /* the program bound it: keep its source address */
 	struct timeval sndtimeo; /* its SO_SNDTIMEO, put back after each bounded attempt */
 	uint32_t budget_ms;      /* for byway's part; 0: the policy's connect-timeout */
+	bool affinity; /* prefer the tuples of node affinity_node while it has ready ones */
+	uint32_t affinity_node; /* a node id as used_node gave it */
 	/* out */
 	enum byway_wire_counter decision; /* TRANSLATED or a FALLBACK_* (counted already) */
 	struct byway_tuple used;          /* TRANSLATED: the bypass tuple */
+	uint32_t used_node; /* TRANSLATED: its node's id (the map's, per lookup source) */
 };
 
 /*
@@ -51,6 +54,9 @@ int byway__listen_fd(struct byway_ctx *ctx, int fd, const struct byway_tuple *bo
 /* May a listen on a be registered? 0 the wildcard, 1 this node's local IP or a global IP,
  * -ENOTCONN this host is no node, -EADDRNOTAVAIL another address. */
 int byway__listen_addr(const struct byway_ctx *ctx, const struct byway_addr *a);
+
+/* The families this node has a local IP of: 1 IPv4, 2 IPv6 (0 for no node). */
+int byway__node_families(const struct byway_ctx *ctx);
 
 const struct byway_config *byway__ctx_config(const struct byway_ctx *ctx);
 

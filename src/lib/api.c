@@ -1485,6 +1485,23 @@ static void op_plan(struct byway_connect_op *op, uint64_t now)
 	}
 	op->client_rail = sctx.client_rail;
 	op->sctx = sctx;
+	if (op->adopt && op->adopt->affinity) {
+		/* Node affinity: only that node's tuples while it has a ready one. */
+		size_t k = 0;
+		bool ready = false;
+
+		for (size_t i = 0; i < op->t.n; i++)
+			ready |= op->t.ids[i] == op->adopt->affinity_node &&
+				 op->t.e[i].state == BYWAY_READY;
+		for (size_t i = 0; ready && i < op->t.n; i++) {
+			if (op->t.ids[i] != op->adopt->affinity_node)
+				continue;
+			op->t.e[k] = op->t.e[i];
+			op->t.ids[k++] = op->t.ids[i];
+		}
+		if (ready)
+			op->t.n = k;
+	}
 	for (size_t i = 0; i < op->t.n; i++)
 		op->n_ready += op->t.e[i].state == BYWAY_READY;
 	r = op->n_ready ? view_make(&op->t, op->rev, vbuf, sizeof(vbuf), &v, &vheap)
@@ -2339,8 +2356,15 @@ int byway__connect_fd(struct byway_ctx *ctx, const struct byway_tuple *dst,
 		r = -EINPROGRESS; /* a non-blocking caller's attempt, in progress */
 	}
 	c->decision = op->decision;
-	if (op->decision == BYWAY_WIRE_CNT_TRANSLATED)
+	if (op->decision == BYWAY_WIRE_CNT_TRANSLATED) {
 		c->used = op->cur.t;
+		for (size_t i = 0; i < op->t.n; i++) {
+			if (byway_tuple_equal(&op->t.e[i].t, &op->cur.t)) {
+				c->used_node = op->t.ids[i];
+				break;
+			}
+		}
+	}
 	op->phase = OP_DONE; /* op_cleanup() must not touch the caller's socket */
 	op_cleanup(op);
 	report_maybe_flush(ctx, byway__now_ms());
@@ -2397,6 +2421,14 @@ int byway__listen_addr(const struct byway_ctx *ctx, const struct byway_addr *a)
 	    byway_addr_equal(a, &ctx->self->local6))
 		return 1;
 	return -EADDRNOTAVAIL;
+}
+
+int byway__node_families(const struct byway_ctx *ctx)
+{
+	if (!ctx->self || ctx->self->client)
+		return 0;
+	return (byway_addr_is_unset(&ctx->self->local4) ? 0 : 1) |
+	       (byway_addr_is_unset(&ctx->self->local6) ? 0 : 2);
 }
 
 const struct byway_config *byway__ctx_config(const struct byway_ctx *ctx)

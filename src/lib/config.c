@@ -427,6 +427,7 @@ enum pre_key {
 	RK_EXCLUDE_PROGRAMS,
 	RK_DESTINATIONS,
 	RK_BOUND,
+	RK_AFFINITY,
 	RK__N,
 };
 
@@ -1005,6 +1006,17 @@ static int pre_bound(struct parser *p, unsigned int line, char *v)
 			    &p->cfg->preload.bound_ms);
 }
 
+static int pre_affinity(struct parser *p, unsigned int line, char *v)
+{
+	if (!strcmp(v, "node"))
+		p->cfg->preload.affinity_node = true;
+	else if (!strcmp(v, "none"))
+		p->cfg->preload.affinity_node = false;
+	else
+		return perr(p, line, "invalid affinity '%.64s' (node or none)", v);
+	return 0;
+}
+
 static const struct key_def pre_keys[RK__N] = {
 	[RK_LISTEN] = { "listen", pre_listen, false, false },
 	[RK_CONNECT] = { "connect", pre_connect, false, false },
@@ -1013,6 +1025,7 @@ static const struct key_def pre_keys[RK__N] = {
 	[RK_EXCLUDE_PROGRAMS] = { "exclude-programs", pre_exclude_programs, false, false },
 	[RK_DESTINATIONS] = { "destinations", pre_destinations, false, false },
 	[RK_BOUND] = { "bound", pre_bound, false, false },
+	[RK_AFFINITY] = { "affinity", pre_affinity, false, false },
 };
 
 /* ---- [node NAME] / [client NAME] ---- */
@@ -1635,6 +1648,7 @@ static void print_preload(FILE *f, const struct byway_config_preload *pc)
 	}
 	if (pc->bound_ms)
 		print_duration(f, "bound", pc->bound_ms);
+	fprintf(f, "affinity = %s\n", pc->affinity_node ? "node" : "none");
 }
 
 int byway_config_print(const struct byway_config *cfg, FILE *f)

@@ -490,6 +490,7 @@ int byway_rules_from_config(const struct byway_config *cfg, struct byway_rules *
 	r->listen = pc->listen;
 	r->connect = pc->connect;
 	r->bound_ms = pc->bound_ms ? pc->bound_ms : cfg->policy.connect_timeout_ms;
+	r->affinity_node = pc->affinity_node;
 	return 0;
 
 err_free:
@@ -527,6 +528,7 @@ int byway_rules_apply_env(struct byway_rules *r, char *(*get)(const char *), cha
 	struct byway_rules n;
 	bool set_on = false, set_listen = false, set_connect = false, set_debug = false;
 	bool set_ports = false, set_programs = false, set_exclude = false, set_dests = false;
+	bool set_affinity = false;
 	bool on = true;
 	const char *v;
 	char sb[SHOW_MAX + 1];
@@ -565,6 +567,19 @@ int byway_rules_apply_env(struct byway_rules *r, char *(*get)(const char *), cha
 		if (rc < 0)
 			goto err_free;
 		set_dests = true;
+	}
+	if ((v = env(get, "BYWAY_AFFINITY"))) {
+		if (!strcmp(v, "node")) {
+			n.affinity_node = true;
+		} else if (!strcmp(v, "none")) {
+			n.affinity_node = false;
+		} else {
+			rc = rerr(err, errlen, -EINVAL,
+				  "invalid affinity '%s' for BYWAY_AFFINITY (node or none)",
+				  show(v, strlen(v), sb));
+			goto err_free;
+		}
+		set_affinity = true;
 	}
 	if ((v = env(get, "BYWAY_BOUND_MS"))) {
 		if (parse_dec(v, strlen(v), BYWAY_RULES_BOUND_MAX_MS, &n.bound_ms) < 0) {
@@ -611,6 +626,8 @@ int byway_rules_apply_env(struct byway_rules *r, char *(*get)(const char *), cha
 	}
 	if (n.bound_ms)
 		r->bound_ms = n.bound_ms;
+	if (set_affinity)
+		r->affinity_node = n.affinity_node;
 	return 0;
 
 err_free:

@@ -91,9 +91,12 @@ static int (*real_getpeername)(int, struct sockaddr *, socklen_t *);
 static void resolve_all(void);
 static pthread_mutex_t glock;
 
+static _Atomic unsigned fork_gen; /* forks of this process (and its ancestors) so far */
+
 static void fork_prepare(void)
 {
 	pthread_mutex_lock(&glock);
+	atomic_fetch_add(&fork_gen, 1);
 }
 
 static void fork_done(void)
@@ -161,6 +164,8 @@ struct lgroup {
 	int agent_fd;
 	int agent_fd4; /* a dual-stack IPv6 wildcard listener's IPv4 registration, or -1 */
 	unsigned nfds; /* descriptors of this process naming the listener */
+	pid_t pid;     /* the process that registered it */
+	unsigned gen;  /* fork_gen then: a fork since may have shared it */
 	char what[64]; /* the bound address, for the debug line */
 };
 
@@ -501,6 +506,7 @@ EXPORT int listen(int fd, int backlog)
 	char what[64], buf[80];
 	uint32_t fl;
 	int afd = -1, afd4 = -1, saved = errno, r;
+	bool dual = false;
 
 	RESOLVE(listen);
 	c = context();
@@ -523,6 +529,23 @@ EXPORT int listen(int fd, int backlog)
 					    &bound) < 0)
 		return real_listen(fd, backlog);
 	byway_tuple_format(&bound, what, sizeof(what));
+	if ((fl & FL_WILD) && byway_addr_family(&bound.addr) == AF_INET6) {
+		/* A dual-stack [::] listener takes IPv4 too: its instances are those of the
+		 * families this node has (an IPv4-only node: just the IPv4 one). */
+		int v6only = 1, fams = byway__node_families(c);
+		socklen_t l = sizeof(v6only);
+
+		RESOLVE(getsockopt);
+		dual = real_getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &l) == 0 &&
+		       !v6only && (fams & 1);
+		if (dual && !(fams & 2)) {
+			struct byway_addr any4;
+
+			byway_addr_any(AF_INET, &any4);
+			byway_tuple_make(&any4, bound.port, IPPROTO_TCP, &bound);
+			dual = false;
+		}
+	}
 	inst = malloc(sizeof(*inst));
 	in_byway++;
 	r = inst ? byway__listen_fd(c, fd, &bound, fl & FL_WIDENED, inst, &afd) : -ENOMEM;
@@ -556,27 +579,21 @@ EXPORT int listen(int fd, int backlog)
 		errno = e;
 		return r;
 	}
-	if ((fl & FL_WILD) && byway_addr_family(&bound.addr) == AF_INET6) {
-		/* A dual-stack IPv6 wildcard listener takes IPv4 too: register that as well, once
-		 * it listens (no filter to attach first). */
-		int v6only = 1;
-		socklen_t l = sizeof(v6only);
+	if (dual) {
+		/* The dual-stack listener's IPv4 instance, once it listens: no filter to attach. */
+		struct byway_instance *i4 = malloc(sizeof(*i4));
+		struct byway_tuple b4;
+		struct byway_addr any4;
 
-		if (real_getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &l) == 0 && !v6only) {
-			struct byway_instance *i4 = malloc(sizeof(*i4));
-			struct byway_tuple b4;
-			struct byway_addr any4;
-
-			byway_addr_any(AF_INET, &any4);
-			byway_tuple_make(&any4, bound.port, IPPROTO_TCP, &b4);
-			in_byway++;
-			if (!i4 || byway__listen_fd(c, fd, &b4, false, i4, &afd4) < 0)
-				afd4 = -1;
-			in_byway--;
-			free(i4);
-			if (afd4 >= 0 && (r = real_fcntl(fd, F_GETFD)) >= 0 && !(r & FD_CLOEXEC))
-				(void)real_fcntl(afd4, F_SETFD, 0);
-		}
+		byway_addr_any(AF_INET, &any4);
+		byway_tuple_make(&any4, bound.port, IPPROTO_TCP, &b4);
+		in_byway++;
+		if (!i4 || byway__listen_fd(c, fd, &b4, false, i4, &afd4) < 0)
+			afd4 = -1;
+		in_byway--;
+		free(i4);
+		if (afd4 >= 0 && (r = real_fcntl(fd, F_GETFD)) >= 0 && !(r & FD_CLOEXEC))
+			(void)real_fcntl(afd4, F_SETFD, 0);
 	}
 	{
 		struct lgroup *g = calloc(1, sizeof(*g));
@@ -590,6 +607,8 @@ EXPORT int listen(int fd, int backlog)
 			g->agent_fd = afd;
 			g->agent_fd4 = afd4;
 			g->nfds = 1;
+			g->pid = getpid();
+			g->gen = atomic_load(&fork_gen);
 			snprintf(g->what, sizeof(g->what), "%s", what);
 			pthread_mutex_lock(&glock);
 			s->group = g;
@@ -655,7 +674,11 @@ static void forget(int fd)
 				}
 				real_close(g->agent_fd4);
 			}
-			debug("close %s withdrawn", g->what);
+			/* Withdrawn only if no other process can hold the registration. */
+			if (g->pid == getpid() && g->gen == atomic_load(&fork_gen))
+				debug("close %s withdrawn", g->what);
+			else
+				debug("close %s released (other processes may hold it)", g->what);
 			free(g);
 		}
 		pthread_mutex_unlock(&glock);
@@ -777,6 +800,47 @@ EXPORT int fcntl64(int fd, int cmd, ...)
 
 /* ---- connect, names -------------------------------------------------------------------- */
 
+/* Node affinity (rules.affinity_node): the node each service's connects go to. */
+#define AFFINITY_SLOTS 64
+static struct {
+	struct byway_tuple dst;
+	uint32_t node;
+	bool used;
+} affinity[AFFINITY_SLOTS];
+static unsigned affinity_next;
+static pthread_mutex_t affinity_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool affinity_get(const struct byway_tuple *dst, uint32_t *ret)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&affinity_lock);
+	for (unsigned i = 0; i < AFFINITY_SLOTS && !found; i++) {
+		if (affinity[i].used && byway_tuple_equal(&affinity[i].dst, dst)) {
+			*ret = affinity[i].node;
+			found = true;
+		}
+	}
+	pthread_mutex_unlock(&affinity_lock);
+	return found;
+}
+
+static void affinity_put(const struct byway_tuple *dst, uint32_t node)
+{
+	unsigned i;
+
+	pthread_mutex_lock(&affinity_lock);
+	for (i = 0; i < AFFINITY_SLOTS; i++)
+		if (affinity[i].used && byway_tuple_equal(&affinity[i].dst, dst))
+			break;
+	if (i == AFFINITY_SLOTS)
+		i = affinity_next++ % AFFINITY_SLOTS; /* the oldest goes */
+	affinity[i].dst = *dst;
+	affinity[i].node = node;
+	affinity[i].used = true;
+	pthread_mutex_unlock(&affinity_lock);
+}
+
 /*
  * The outcome of a translated non-blocking connect, as the program learns it: a failure
  * negative-caches the tuple (the next connects avoid it) and is counted, once.
@@ -873,6 +937,8 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 	c.nonblock = fdfl & O_NONBLOCK;
 	c.bound = fl & FL_BOUND;
 	c.budget_ms = rules.bound_ms;
+	if (rules.affinity_node)
+		c.affinity = affinity_get(&dst, &c.affinity_node);
 	if (fl & FL_SNDTIMEO) {
 		socklen_t l = sizeof(c.sndtimeo);
 
@@ -890,6 +956,9 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 	}
 	if (c.decision == BYWAY_WIRE_CNT_TRANSLATED) {
 		struct fdslot *s = slot(fd, true);
+
+		if (rules.affinity_node)
+			affinity_put(&dst, c.used_node);
 
 		if (s) {
 			memset(&s->addr, 0, sizeof(s->addr));

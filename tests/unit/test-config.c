@@ -608,7 +608,7 @@ static void test_preload(void **state)
 	assert_true(strstr(out, "\n[preload]\nlisten = no\nconnect = yes\nports = 80,8000-8100\n"
 				"programs = nginx,redis-*\nexclude-programs = ssh\n"
 				"destinations = 10.77.255.1/32,fd77:0:0:1::/64\nbound = "
-				"2s\n\n[node n1]\n") != NULL);
+				"2s\naffinity = none\n\n[node n1]\n") != NULL);
 	free(out);
 	byway_config_free(cfg);
 

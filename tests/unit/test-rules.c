@@ -140,6 +140,7 @@ static void assert_defaults(const struct byway_rules *r)
 	assert_true(r->listen);
 	assert_true(r->connect);
 	assert_false(r->debug);
+	assert_false(r->affinity_node);
 	assert_int_equal(r->n_ports, 0);
 	assert_null(r->ports);
 	assert_int_equal(r->n_programs, 0);
@@ -230,6 +231,8 @@ static void test_env_values(void **state)
 		"10.77.255.1/32, fd77::/64,10.77.1.1",
 		"BYWAY_BOUND_MS",
 		"750",
+		"BYWAY_AFFINITY",
+		"node",
 		"BYWAY_OTHER",
 		"ignored",
 		NULL,
@@ -244,6 +247,7 @@ static void test_env_values(void **state)
 	assert_false(r.listen);
 	assert_true(r.connect);
 	assert_true(r.debug);
+	assert_true(r.affinity_node);
 	assert_int_equal(r.n_ports, 3);
 	assert_int_equal(r.ports[0].lo, 80);
 	assert_int_equal(r.ports[0].hi, 80);
@@ -391,6 +395,8 @@ static void test_env_bad(void **state)
 		{ "BYWAY_BOUND_MS", "-5", "invalid number '-5' for BYWAY_BOUND_MS (1..60000)" },
 		{ "BYWAY_BOUND_MS", " 5", "invalid number ' 5' for BYWAY_BOUND_MS (1..60000)" },
 		{ "BYWAY_LISTEN", "maybe", "invalid boolean 'maybe' for BYWAY_LISTEN (yes or no)" },
+		{ "BYWAY_AFFINITY", "sticky",
+		  "invalid affinity 'sticky' for BYWAY_AFFINITY (node or none)" },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
