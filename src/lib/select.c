@@ -70,6 +70,7 @@ struct mg_entry {
 
 struct byway_selector {
 	struct rr_counter rr[RR_SLOTS];
+	uint64_t rr_salt; /* rotation of round-robin's node (low half) and resource order */
 	enum byway_policy policy;
 	uint32_t neg_ttl;
 	uint32_t neg_cap;
@@ -491,9 +492,10 @@ int byway_selector_new(const struct byway_selector_opts *o, struct byway_selecto
 	pthread_once(&atfork_once, register_atfork);
 	if (!s->seeded) {
 		/* Round-robin starts anywhere: short-lived processes (a curl per request, under
-		 * the preload) would otherwise all take every destination's first tuple. */
-		for (size_t i = 0; i < RR_SLOTS; i++)
-			atomic_init(&s->rr[i].c, thread_rand());
+		 * the preload) would otherwise all take every destination's first tuple. The
+		 * rotation is applied to the node and resource order, not to the counter, so any
+		 * nodes x resources consecutive picks still use every tuple exactly once. */
+		s->rr_salt = thread_rand();
 	}
 	*ret = s;
 	return 0;
@@ -657,7 +659,8 @@ static uint32_t run_count(const struct scan *sc, const struct node_run *ru, enum
  * random both levels are uniform. Returns the index in sc->c, or -1 when nothing passes.
  * Without filter or negative entries this costs O(nodes), not O(tuples).
  */
-static ssize_t pick_node_first(const struct scan *sc, enum filter f, int64_t param, uint64_t x)
+static ssize_t pick_node_first(const struct scan *sc, enum filter f, int64_t param, uint64_t x,
+			       uint64_t salt)
 {
 	const struct node_run *ru = NULL;
 	size_t nodes = 0, k, r;
@@ -667,7 +670,7 @@ static ssize_t pick_node_first(const struct scan *sc, enum filter f, int64_t par
 		nodes += run_count(sc, &sc->runs[r], f, param) > 0;
 	if (nodes == 0)
 		return -1;
-	k = (size_t)(x % nodes);
+	k = (size_t)((x % nodes + (salt & 0xffffffffu)) % nodes);
 	for (r = 0; r < sc->n_runs; r++) {
 		m = run_count(sc, &sc->runs[r], f, param);
 		if (m && k-- == 0) {
@@ -677,7 +680,7 @@ static ssize_t pick_node_first(const struct scan *sc, enum filter f, int64_t par
 	}
 	if (!ru)
 		return -1; /* not reached: nodes > 0 */
-	j = (uint32_t)((x / nodes) % m);
+	j = (uint32_t)(((x / nodes) % m + (salt >> 32)) % m);
 	if (f == F_ELIG && ru->elig == ru->n)
 		return (ssize_t)(ru->lo + j);
 	for (i = ru->lo;; i++)
@@ -729,14 +732,14 @@ static ssize_t pick_weighted(struct byway_selector *s, const struct scan *sc)
 	return -1; /* not reached: total > 0 when called */
 }
 
-static ssize_t pick_least_loaded(const struct scan *sc, uint64_t x)
+static ssize_t pick_least_loaded(const struct scan *sc, uint64_t x, uint64_t salt)
 {
 	uint32_t min = UINT32_MAX;
 
 	for (size_t i = 0; i < sc->n; i++)
 		if (!sc->c[i].failed && sc->c[i].b->load < min)
 			min = sc->c[i].b->load;
-	return pick_node_first(sc, F_LOAD, min, x);
+	return pick_node_first(sc, F_LOAD, min, x, salt);
 }
 
 /*
@@ -925,12 +928,12 @@ static int pick(struct byway_selector *s, const struct byway_view *v,
 	switch (s->policy) {
 	case BYWAY_POLICY_ROUND_ROBIN:
 		x = rr_next(s, v);
-		i = pick_node_first(sc, F_ELIG, 0, x);
+		i = pick_node_first(sc, F_ELIG, 0, x, s->rr_salt);
 		break;
 	case BYWAY_POLICY_RANDOM:
 		/* x mod nodes and (x / nodes) mod m are independent uniforms up to 2^-50. */
 		x = sel_rand(s);
-		i = pick_node_first(sc, F_ELIG, 0, x);
+		i = pick_node_first(sc, F_ELIG, 0, x, 0);
 		break;
 	case BYWAY_POLICY_WEIGHTED:
 		i = pick_weighted(s, sc);
@@ -938,7 +941,7 @@ static int pick(struct byway_selector *s, const struct byway_view *v,
 		break;
 	case BYWAY_POLICY_LEAST_LOADED:
 		x = rr_next(s, v);
-		i = pick_least_loaded(sc, x);
+		i = pick_least_loaded(sc, x, s->rr_salt);
 		break;
 	case BYWAY_POLICY_MAGLEV: {
 		size_t idx;
@@ -952,15 +955,15 @@ static int pick(struct byway_selector *s, const struct byway_view *v,
 		if (r != -ENOENT && r != -E2BIG)
 			return r; /* -ENOMEM */
 		x = rr_next(s, v);
-		i = pick_node_first(sc, F_ELIG, 0, x);
+		i = pick_node_first(sc, F_ELIG, 0, x, s->rr_salt);
 		break;
 	}
 	case BYWAY_POLICY_RAIL:
 		x = rr_next(s, v);
 		if (ctx && ctx->client_rail >= 0)
-			i = pick_node_first(sc, F_RAIL, ctx->client_rail, x);
+			i = pick_node_first(sc, F_RAIL, ctx->client_rail, x, s->rr_salt);
 		if (i < 0)
-			i = pick_node_first(sc, F_ELIG, 0, x);
+			i = pick_node_first(sc, F_ELIG, 0, x, s->rr_salt);
 		break;
 	case BYWAY_POLICY__N:
 		break;

@@ -481,6 +481,22 @@ int main(void)
 		printf("# skipped: ip(8) cannot set up the namespace\n");
 		return 77;
 	}
+	/* The kernel reports a veth's carrier (IFF_RUNNING) asynchronously (linkwatch, up to a
+	 * second later on a busy machine): the initial dump must see both ends running. */
+	for (int i = 0; i < 500; i++) {
+		struct ifreq ifr = { 0 };
+		int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		bool running = false;
+
+		snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "bw0");
+		if (fd >= 0 && ioctl(fd, SIOCGIFFLAGS, &ifr) == 0)
+			running = ifr.ifr_flags & IFF_RUNNING;
+		if (fd >= 0)
+			close(fd);
+		if (running)
+			break;
+		usleep(10000);
+	}
 	recs = calloc(MAX_EVENTS, sizeof(*recs));
 	base = event_base_new();
 	if (!recs || !base || netlink_open(base, on_event, NULL, &nl) < 0) {
