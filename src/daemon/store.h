@@ -7,8 +7,8 @@
  *                     over the authenticated wire protocol (wire.h): HELLO, a lease renewed
  *                     by HEARTBEAT, REGISTER/WITHDRAW, WATCH -> SNAPSHOT chunks + DELTAs.
  *   store_etcd.c      etcd's v3 JSON gateway (libcurl multi + jansson): one lease per
- *                     agent, one key per instance under a system prefix, watch with
- *                     revisions (docs/ARCHITECTURE.md, "The etcd store").
+ *                     agent, one key per instance and one per drain under a system prefix,
+ *                     watch with revisions (docs/ARCHITECTURE.md, "The etcd store").
  *
  * Every call is asynchronous and never blocks the event loop. The store owns the agent's
  * desired state: the set of instances published through it. After a reconnect or a lost

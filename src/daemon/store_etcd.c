@@ -15,11 +15,23 @@
  * or a write refused for it, is an alarm: logged, counted (lease_expired), and the agent
  * re-grants and republishes everything (puts are idempotent).
  *
- * Watchers (client role) range the prefix (a snapshot at revision R), then watch from R+1;
- * after a disconnect they resume from the last revision seen + 1, and when etcd answers that
- * this revision is compacted they relist (the replica reconciles: STORE_RELIST_BEGIN/END).
- * A value under the prefix that is not a valid record of the node and id its key names is
- * ignored and counted (malformed); if it replaced a valid record, that record is removed.
+ * Every agent also keeps /byway/<system>/node/<node> under its lease (its session, for
+ * bywayctl nodes), put with the first write of each lease, deleted by withdraw_all.
+ *
+ * Drains (bywayctl drain, from any host's control role): /byway/<system>/drain/<node> for a
+ * whole node, /byway/<system>/drain/<node>/<private IP> for one resource, without a lease
+ * (a drain outlives the node's restarts, as in the embedded map); undrain deletes the key.
+ *
+ * Watchers (client role) range the system prefix (a snapshot at revision R), then watch from
+ * R+1; after a disconnect they resume from the last revision seen + 1, and when etcd answers
+ * that this revision is compacted they relist (the replica reconciles: STORE_RELIST_BEGIN/
+ * END). A watcher keeps every record as etcd has it and the drains, per node, and hands the
+ * replica each record with the states readers see (a drained node's or IP's tuples read
+ * DRAINING unless GONE, as byway_map_set_drain() does); a drain or undrain re-sends the
+ * records it affects as PUTs, as the embedded map server's watch does.
+ * A value under the prefix that is not a valid record of the node and id its key names (or
+ * a drain of the node and IP its key names) is ignored and counted (malformed); if it
+ * replaced a valid record or drain, that is removed.
  *
  * Everything etcd sends is bounded: ET_MAX_BODY for an answer, ET_MAX_EVENT for one object
  * of the watch stream. Endpoints are tried in turn: a transport error moves to the next.
@@ -32,6 +44,7 @@
 #include <byway/config.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +70,8 @@
 #define ET_TXN_MAX_OPS 128 /* etcd's default --max-txn-ops */
 #define ET_URL_MAX 96
 #define ET_PREFIX_MAX (3 * BYWAY_NAME_MAX + 16)
+#define ET_KEY_MAX (ET_PREFIX_MAX + 64)
+#define ET_MAX_DRAINED_IPS 256 /* per node, as the embedded map */
 
 enum et_kind {
 	K_AUTH = 1,
@@ -68,6 +83,7 @@ enum et_kind {
 	K_RANGE,
 	K_WATCH,
 	K_NODES,
+	K_DRAIN,
 };
 
 struct et_req {
@@ -83,6 +99,7 @@ struct et_req {
 	int64_t lease; /* K_TXN, K_KEEPALIVE: the lease it was sent under */
 	char url[ET_URL_MAX];
 	void (*nodes_done)(void *arg, int status, const struct store_node_info *ni, size_t n);
+	void (*drain_done)(void *arg, int status);
 	void *arg;
 };
 
@@ -97,6 +114,24 @@ struct et_wd {
 	bool inflight;
 };
 
+/* A record as the watch last saw it in etcd (raw states: drains not applied). */
+struct et_rec {
+	uint64_t id;
+	struct byway_tuple service, first;
+	uint16_t n;
+	struct byway_bypass b[];
+};
+
+/* What the watch holds of one node: its records (sorted by id) and its drains. */
+struct et_wnode {
+	char name[BYWAY_NAME_MAX];
+	bool drained;
+	struct byway_addr *dips; /* drained private IPs */
+	size_t n_dips, cap_dips;
+	struct et_rec **recs;
+	size_t n_recs, cap_recs;
+};
+
 struct etcd_store {
 	struct store base; /* first: store.c dispatches through base.ops */
 	struct bywayd *d;
@@ -105,8 +140,11 @@ struct etcd_store {
 	LIST_HEAD(, et_req) reqs;
 	char urls[BYWAY_CONFIG_MAX_MAP][ET_URL_MAX];
 	size_t n_urls, ep;
-	char prefix[ET_PREFIX_MAX];      /* /byway/<system>/inst/ */
-	char node_prefix[ET_PREFIX_MAX]; /* prefix + <node>/ */
+	char sys_prefix[ET_PREFIX_MAX];   /* /byway/<system>/: what the watch covers */
+	char prefix[ET_PREFIX_MAX];       /* /byway/<system>/inst/ */
+	char drain_prefix[ET_PREFIX_MAX]; /* /byway/<system>/drain/ */
+	char alive_prefix[ET_PREFIX_MAX]; /* /byway/<system>/node/ */
+	char node_prefix[ET_PREFIX_MAX];  /* prefix + <node>/ */
 	char password[256];
 	char *token;
 	struct et_req *auth_req;
@@ -114,7 +152,8 @@ struct etcd_store {
 
 	/* agent */
 	bool is_node;
-	bool fresh; /* clear a predecessor's keys before the first put */
+	bool fresh;                       /* clear a predecessor's keys before the first put */
+	bool alive_dirty, alive_inflight; /* the node key, to be put under the lease */
 	int64_t lease_id;
 	uint32_t lease_ttl_s;
 	struct et_req *grant_req, *ka_req, *txn_req;
@@ -139,6 +178,8 @@ struct etcd_store {
 	struct et_req *range_req, *watch_req;
 	unsigned int w_backoff_ms;
 	struct event *w_timer;
+	struct et_wnode **wn; /* sorted by name */
+	size_t n_wn, cap_wn;
 };
 
 static void ms_to_tv(unsigned int ms, struct timeval *tv)
@@ -356,6 +397,13 @@ static int make_key(const struct etcd_store *s, uint64_t id, char *buf, size_t l
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
+static int make_alive_key(const struct etcd_store *s, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s%s", s->alive_prefix, s->d->self->name);
+
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
 /* Base64 of a prefix's range end: the prefix with its last byte incremented. */
 static char *range_end_b64(const char *prefix)
 {
@@ -370,6 +418,7 @@ static char *range_end_b64(const char *prefix)
 /* ---- libcurl on the event loop ---- */
 
 static void check_multi(struct etcd_store *s);
+static void on_drain(struct et_req *q, CURLcode cc);
 
 static void sock_ev_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -768,6 +817,7 @@ static void on_grant(struct et_req *q, CURLcode cc)
 	s->lease_ttl_s = (uint32_t)jint(j, "TTL");
 	json_decref(j);
 	s->ag_backoff_ms = ET_BACKOFF_MIN_MS;
+	s->alive_dirty = true;
 	log_info("store: etcd at %s granted lease %llx (TTL %u s) to node %s", q->url,
 		 (unsigned long long)s->lease_id, s->lease_ttl_s, s->d->self->name);
 	ka_start_timer(s);
@@ -804,6 +854,33 @@ static json_t *delete_prefix_body(const char *prefix)
 	return o;
 }
 
+/* A put of key = val (taken) as JSON text: {"key","value"[,"lease"]} in base64, the body of
+ * /v3/kv/put (NULL: out of memory). */
+static json_t *put_body(const char *key, json_t *val, int64_t lease)
+{
+	char *text = val ? json_dumps(val, JSON_COMPACT) : NULL;
+	char *k = b64_encode(key, strlen(key)), *v = text ? b64_encode(text, strlen(text)) : NULL;
+	json_t *o = k && v ? json_pack("{s:s,s:s}", "key", k, "value", v) : NULL;
+
+	if (o && lease && json_object_set_new(o, "lease", json_integer(lease)) < 0) {
+		json_decref(o);
+		o = NULL;
+	}
+	json_decref(val);
+	free(text);
+	free(k);
+	free(v);
+	return o;
+}
+
+/* The same as an operation of a transaction. */
+static json_t *put_op(const char *key, json_t *val, int64_t lease)
+{
+	json_t *b = put_body(key, val, lease);
+
+	return b ? json_pack("{s:o}", "request_put", b) : NULL;
+}
+
 /* One transaction with what is pending (withdrawals first, then puts), in order. */
 static void flush(struct etcd_store *s)
 {
@@ -813,14 +890,43 @@ static void flush(struct etcd_store *s)
 
 	if (!s->is_node || !s->lease_id || s->txn_req || s->grant_req)
 		return;
-	if (s->wa_active || s->fresh || s->wd_overflow) {
-		s->txn_req = post(s, s->wa_active ? K_WA : K_CLEAR, "/v3/kv/deleterange",
-				  delete_prefix_body(s->node_prefix));
+	if (s->wa_active) {
+		/* the instances and the node key, in one transaction */
+		char *k = make_alive_key(s, key, sizeof(key)) == 0 ? b64_encode(key, strlen(key))
+								   : NULL;
+
+		o = delete_prefix_body(s->node_prefix);
+		if (k && o) { /* json_pack takes o, even on failure */
+			ops = json_pack("[{s:o},{s:{s:s}}]", "request_delete_range", o,
+					"request_delete_range", "key", k);
+		} else {
+			json_decref(o);
+			ops = NULL;
+		}
+		free(k);
+		s->txn_req = post(s, K_WA, "/v3/kv/txn",
+				  ops ? json_pack("{s:[],s:o}", "compare", "success", ops) : NULL);
+		return;
+	}
+	if (s->fresh || s->wd_overflow) {
+		s->txn_req =
+			post(s, K_CLEAR, "/v3/kv/deleterange", delete_prefix_body(s->node_prefix));
 		return;
 	}
 	ops = json_array();
 	if (!ops)
 		return;
+	if (s->alive_dirty && make_alive_key(s, key, sizeof(key)) == 0) {
+		json_t *val = json_pack("{s:s,s:I}", "node", s->d->self->name, "lease_ms",
+					(json_int_t)s->lease_ttl_s * 1000);
+
+		o = put_op(key, val, s->lease_id);
+		if (o && json_array_append_new(ops, o) == 0) {
+			s->alive_dirty = false;
+			s->alive_inflight = true;
+			n++;
+		}
+	}
 	for (size_t i = 0; i < s->n_wd && n < ET_TXN_MAX_OPS; i++) {
 		char *k;
 
@@ -836,22 +942,10 @@ static void flush(struct etcd_store *s)
 	}
 	for (size_t i = 0; i < s->n_insts && n < ET_TXN_MAX_OPS; i++) {
 		struct et_inst *e = &s->insts[i];
-		json_t *rec;
-		char *text, *k, *v;
 
 		if (!e->dirty || make_key(s, e->inst.id, key, sizeof(key)) < 0)
 			continue;
-		rec = inst_to_json(&e->inst);
-		text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
-		json_decref(rec);
-		k = b64_encode(key, strlen(key));
-		v = text ? b64_encode(text, strlen(text)) : NULL;
-		o = k && v ? json_pack("{s:{s:s,s:s,s:I}}", "request_put", "key", k, "value", v,
-				       "lease", (json_int_t)s->lease_id)
-			   : NULL;
-		free(text);
-		free(k);
-		free(v);
+		o = put_op(key, inst_to_json(&e->inst), s->lease_id);
 		if (!o || json_array_append_new(ops, o) < 0)
 			break;
 		e->dirty = false;
@@ -871,6 +965,8 @@ static void flush(struct etcd_store *s)
 		for (size_t i = 0; i < s->n_insts; i++)
 			if (s->insts[i].inflight)
 				s->insts[i].inflight = false, s->insts[i].dirty = true;
+		if (s->alive_inflight)
+			s->alive_inflight = false, s->alive_dirty = true;
 		ag_retry(s, "a write", s->urls[s->ep], "out of memory");
 	}
 }
@@ -912,6 +1008,9 @@ static void on_txn(struct et_req *q, CURLcode cc)
 			if (!s->wd[i].inflight || r < 0)
 				s->wd[k++] = (struct et_wd){ .id = s->wd[i].id };
 		s->n_wd = k;
+		if (s->alive_inflight && r < 0)
+			s->alive_dirty = true;
+		s->alive_inflight = false;
 	}
 	if (r < 0) {
 		if (strstr(msg, "lease not found")) {
@@ -948,54 +1047,383 @@ static void wa_timeout_cb(evutil_socket_t fd, short ev, void *arg)
 
 /* ---- the watch ---- */
 
-/* One key-value of a range or a watch event; del: a DELETE event. */
-static void apply_kv(struct etcd_store *s, json_t *kv, uint64_t rev, bool del, bool relist)
+/* ---- what the watch holds: records and drains per node ---- */
+
+static struct et_wnode *wn_find(struct etcd_store *s, const char *name, size_t *pos)
+{
+	size_t lo = 0, hi = s->n_wn;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(s->wn[mid]->name, name);
+
+		if (c == 0) {
+			*pos = mid;
+			return s->wn[mid];
+		}
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*pos = lo;
+	return NULL;
+}
+
+/* The node's entry, created if absent (NULL: out of memory). */
+static struct et_wnode *wn_get(struct etcd_store *s, const char *name)
+{
+	struct et_wnode *n;
+	size_t pos;
+
+	n = wn_find(s, name, &pos);
+	if (n)
+		return n;
+	if (s->n_wn == s->cap_wn) {
+		size_t cap = s->cap_wn ? 2 * s->cap_wn : 16;
+		struct et_wnode **p = realloc(s->wn, cap * sizeof(*p));
+
+		if (!p)
+			return NULL;
+		s->wn = p;
+		s->cap_wn = cap;
+	}
+	n = calloc(1, sizeof(*n));
+	if (!n)
+		return NULL;
+	snprintf(n->name, sizeof(n->name), "%s", name);
+	memmove(&s->wn[pos + 1], &s->wn[pos], (s->n_wn - pos) * sizeof(s->wn[0]));
+	s->wn[pos] = n;
+	s->n_wn++;
+	return n;
+}
+
+static void wn_free(struct et_wnode *n)
+{
+	for (size_t i = 0; i < n->n_recs; i++)
+		free(n->recs[i]);
+	free(n->recs);
+	free(n->dips);
+	free(n);
+}
+
+/* Forget a node that has neither records nor drains. */
+static void wn_gc(struct etcd_store *s, struct et_wnode *n)
+{
+	size_t pos;
+
+	if (n->n_recs || n->drained || n->n_dips || wn_find(s, n->name, &pos) != n)
+		return;
+	memmove(&s->wn[pos], &s->wn[pos + 1], (s->n_wn - pos - 1) * sizeof(s->wn[0]));
+	s->n_wn--;
+	wn_free(n);
+}
+
+static void wn_clear(struct etcd_store *s)
+{
+	for (size_t i = 0; i < s->n_wn; i++)
+		wn_free(s->wn[i]);
+	s->n_wn = 0;
+}
+
+static size_t rec_pos(const struct et_wnode *n, uint64_t id, bool *found)
+{
+	size_t lo = 0, hi = n->n_recs;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (n->recs[mid]->id == id) {
+			*found = true;
+			return mid;
+		}
+		if (n->recs[mid]->id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = false;
+	return lo;
+}
+
+/* Keep in as the node's record of its id (-ENOMEM: not kept). */
+static int rec_put(struct et_wnode *n, const struct byway_instance *in)
+{
+	struct et_rec *r = malloc(sizeof(*r) + in->n_bypass * sizeof(r->b[0]));
+	bool found;
+	size_t pos = rec_pos(n, in->id, &found);
+
+	if (!r)
+		return -ENOMEM;
+	r->id = in->id;
+	r->service = in->service;
+	r->first = in->first;
+	r->n = in->n_bypass;
+	memcpy(r->b, in->bypass, in->n_bypass * sizeof(r->b[0]));
+	if (found) {
+		free(n->recs[pos]);
+		n->recs[pos] = r;
+		return 0;
+	}
+	if (n->n_recs == n->cap_recs) {
+		size_t cap = n->cap_recs ? 2 * n->cap_recs : 4;
+		struct et_rec **p = realloc(n->recs, cap * sizeof(*p));
+
+		if (!p) {
+			free(r);
+			return -ENOMEM;
+		}
+		n->recs = p;
+		n->cap_recs = cap;
+	}
+	memmove(&n->recs[pos + 1], &n->recs[pos], (n->n_recs - pos) * sizeof(n->recs[0]));
+	n->recs[pos] = r;
+	n->n_recs++;
+	return 0;
+}
+
+static void rec_del(struct et_wnode *n, uint64_t id)
+{
+	bool found;
+	size_t pos = rec_pos(n, id, &found);
+
+	if (!found)
+		return;
+	free(n->recs[pos]);
+	memmove(&n->recs[pos], &n->recs[pos + 1], (n->n_recs - pos - 1) * sizeof(n->recs[0]));
+	n->n_recs--;
+}
+
+static bool ip_drained(const struct et_wnode *n, const struct byway_addr *a)
+{
+	for (size_t i = 0; i < n->n_dips; i++)
+		if (memcmp(n->dips[i].b, a->b, sizeof(a->b)) == 0)
+			return true;
+	return false;
+}
+
+/* Send a record as readers see it: GONE stays, then a drain of the node (n, may be NULL) or
+ * of the tuple's IP reads DRAINING (byway_map_set_drain()'s rule). */
+static void emit_put(struct etcd_store *s, const struct et_wnode *n, struct byway_instance *in,
+		     uint64_t rev)
+{
+	for (size_t i = 0; n && i < in->n_bypass; i++)
+		if (in->bypass[i].state != BYWAY_GONE &&
+		    (n->drained || ip_drained(n, &in->bypass[i].t.addr)))
+			in->bypass[i].state = BYWAY_DRAINING;
+	if (s->w.change)
+		s->w.change(s->w.arg, rev, BYWAY_CHANGE_PUT, in);
+}
+
+static void emit_rec(struct etcd_store *s, const struct et_wnode *n, const struct et_rec *r,
+		     uint64_t rev)
 {
 	static struct byway_instance in; /* large; single-threaded */
-	static char val[ET_MAX_VALUE];
-	char key[ET_PREFIX_MAX + 64], node[BYWAY_NAME_MAX];
-	const char *kb = json_string_value(json_object_get(kv, "key"));
-	const char *vb = json_string_value(json_object_get(kv, "value"));
-	size_t klen, vlen = 0;
-	uint64_t id;
-	bool key_ok;
 
-	if (!kb || b64_decode(kb, key, sizeof(key), &klen) < 0 || strlen(key) != klen)
-		key_ok = false;
-	else
-		key_ok = parse_key(s, key, node, &id) == 0;
-	if (del) {
-		if (key_ok && s->w.change) {
-			memset(&in, 0, sizeof(in));
-			snprintf(in.node, sizeof(in.node), "%s", node);
-			in.id = id;
-			s->w.change(s->w.arg, rev, BYWAY_CHANGE_DEL, &in);
+	memset(&in, 0, offsetof(struct byway_instance, bypass));
+	snprintf(in.node, sizeof(in.node), "%s", n->name);
+	in.id = r->id;
+	in.service = r->service;
+	in.first = r->first;
+	in.n_bypass = r->n;
+	memcpy(in.bypass, r->b, r->n * sizeof(r->b[0]));
+	emit_put(s, n, &in, rev);
+}
+
+static void emit_del(struct etcd_store *s, const char *node, uint64_t id, uint64_t rev)
+{
+	static struct byway_instance in;
+
+	memset(&in, 0, offsetof(struct byway_instance, bypass));
+	snprintf(in.node, sizeof(in.node), "%s", node);
+	in.id = id;
+	if (s->w.change)
+		s->w.change(s->w.arg, rev, BYWAY_CHANGE_DEL, &in);
+}
+
+/* A drain (ip NULL: of the whole node) set or cleared; the records whose states it changes
+ * are sent again unless this is a relist (its records follow). */
+static void drain_apply(struct etcd_store *s, const char *node, const struct byway_addr *ip,
+			bool drain, uint64_t rev, bool relist)
+{
+	struct et_wnode *n = drain ? wn_get(s, node) : wn_find(s, node, &(size_t){ 0 });
+	size_t k;
+
+	if (!n) {
+		if (drain)
+			log_warnx("store: out of memory applying the drain of %s", node);
+		return;
+	}
+	if (ip) {
+		for (k = 0; k < n->n_dips && memcmp(n->dips[k].b, ip->b, sizeof(ip->b)); k++)
+			;
+		if ((k < n->n_dips) == drain)
+			return;
+		if (!drain) {
+			n->dips[k] = n->dips[--n->n_dips];
+		} else if (n->n_dips >= ET_MAX_DRAINED_IPS) {
+			log_ratelimited(
+				"store-drain",
+				"store: node %s has %d drained IPs already; ignoring one more",
+				node, ET_MAX_DRAINED_IPS);
+			return;
+		} else {
+			if (n->n_dips == n->cap_dips) {
+				size_t cap = n->cap_dips ? 2 * n->cap_dips : 4;
+				struct byway_addr *p = realloc(n->dips, cap * sizeof(*p));
+
+				if (!p) {
+					log_warnx("store: out of memory applying the drain of %s",
+						  node);
+					return;
+				}
+				n->dips = p;
+				n->cap_dips = cap;
+			}
+			n->dips[n->n_dips++] = *ip;
 		}
-		return;
+	} else {
+		if (n->drained == drain)
+			return;
+		n->drained = drain;
 	}
-	if (key_ok && (!vb || b64_decode(vb, val, sizeof(val), &vlen) == 0) &&
-	    inst_from_json(val, vb ? vlen : 0, &in) == 0 && !strcmp(in.node, node) && in.id == id) {
-		if (s->w.change)
-			s->w.change(s->w.arg, rev, BYWAY_CHANGE_PUT, &in);
-		return;
+	if (!relist) {
+		for (size_t i = 0; i < n->n_recs; i++) {
+			const struct et_rec *r = n->recs[i];
+			bool hit = !ip;
+
+			for (size_t j = 0; !hit && j < r->n; j++)
+				hit = memcmp(r->b[j].t.addr.b, ip->b, sizeof(ip->b)) == 0;
+			if (hit)
+				emit_rec(s, n, r, rev);
+		}
 	}
+	wn_gc(s, n);
+}
+
+static void count_malformed(struct etcd_store *s, const char *key, uint64_t rev)
+{
 	stats_add(s->d->stats, STAT_MALFORMED, NULL, NULL, 1);
 	log_ratelimited("store-malformed",
 			"store: ignoring a malformed or foreign value under %s (key %.80s, "
 			"revision %llu)",
-			s->prefix, key_ok ? key : "(not a record key)", (unsigned long long)rev);
-	if (key_ok && !relist && s->w.change) {
-		/* whatever valid record the key held is gone */
-		memset(&in, 0, sizeof(in));
-		snprintf(in.node, sizeof(in.node), "%s", node);
-		in.id = id;
-		s->w.change(s->w.arg, rev, BYWAY_CHANGE_DEL, &in);
+			s->sys_prefix, key ? key : "(not a record key)", (unsigned long long)rev);
+}
+
+/* "<node>" or "<node>/<IP>" after the drain prefix. */
+static int parse_drain_key(const char *rest, char *node, struct byway_addr *ip, bool *has_ip)
+{
+	const char *slash = strchr(rest, '/');
+	size_t nl = slash ? (size_t)(slash - rest) : strlen(rest);
+
+	if (nl == 0 || nl >= BYWAY_NAME_MAX)
+		return -EINVAL;
+	memcpy(node, rest, nl);
+	node[nl] = '\0';
+	*has_ip = slash != NULL;
+	if (slash && byway_addr_parse(slash + 1, ip) < 0)
+		return -EINVAL;
+	return 0;
+}
+
+/* A drain's value: {"node": N} or {"node": N, "ip": IP}, naming what its key names. */
+static bool drain_value_ok(const char *text, size_t len, const char *node,
+			   const struct byway_addr *ip)
+{
+	json_t *o = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
+	const char *vn = json_string_value(json_object_get(o, "node"));
+	const char *vi = json_string_value(json_object_get(o, "ip"));
+	struct byway_addr a;
+	bool ok = json_is_object(o) && vn && !strcmp(vn, node) &&
+		  (ip ? vi && byway_addr_parse(vi, &a) == 0 && !memcmp(a.b, ip->b, sizeof(a.b))
+		      : !json_object_get(o, "ip"));
+
+	json_decref(o);
+	return ok;
+}
+
+/* Which keys a relist applies in a pass: drains first, then records (and the rest). */
+enum et_pass { P_WATCH, P_DRAINS, P_RECORDS };
+
+/* One key-value of a range or a watch event; del: a DELETE event. */
+static void apply_kv(struct etcd_store *s, json_t *kv, uint64_t rev, bool del, enum et_pass pass)
+{
+	static struct byway_instance in; /* large; single-threaded */
+	static char val[ET_MAX_VALUE];
+	char key[ET_KEY_MAX], node[BYWAY_NAME_MAX];
+	const char *kb = json_string_value(json_object_get(kv, "key"));
+	const char *vb = json_string_value(json_object_get(kv, "value"));
+	size_t klen, vlen = 0, dl = strlen(s->drain_prefix);
+	bool relist = pass != P_WATCH, key_ok, is_drain, has_ip = false, val_ok;
+	struct byway_addr ip;
+	struct et_wnode *n;
+	uint64_t id;
+
+	if (!kb || b64_decode(kb, key, sizeof(key), &klen) < 0 || strlen(key) != klen) {
+		if (pass != P_DRAINS)
+			count_malformed(s, NULL, rev);
+		return;
+	}
+	if (strncmp(key, s->alive_prefix, strlen(s->alive_prefix)) == 0)
+		return; /* agents' sessions: for bywayctl nodes only */
+	is_drain = strncmp(key, s->drain_prefix, dl) == 0;
+	if (pass == (is_drain ? P_RECORDS : P_DRAINS))
+		return;
+	if (is_drain)
+		key_ok = parse_drain_key(key + dl, node, &ip, &has_ip) == 0;
+	else
+		key_ok = parse_key(s, key, node, &id) == 0;
+	if (del) {
+		if (key_ok && is_drain)
+			drain_apply(s, node, has_ip ? &ip : NULL, false, rev, relist);
+		else if (key_ok) {
+			if ((n = wn_find(s, node, &(size_t){ 0 }))) {
+				rec_del(n, id);
+				wn_gc(s, n);
+			}
+			emit_del(s, node, id, rev);
+		}
+		return;
+	}
+	val_ok = key_ok && (!vb || b64_decode(vb, val, sizeof(val), &vlen) == 0);
+	if (val_ok && is_drain && drain_value_ok(val, vlen, node, has_ip ? &ip : NULL)) {
+		drain_apply(s, node, has_ip ? &ip : NULL, true, rev, relist);
+		return;
+	}
+	if (val_ok && !is_drain && inst_from_json(val, vb ? vlen : 0, &in) == 0 &&
+	    !strcmp(in.node, node) && in.id == id) {
+		n = wn_get(s, node);
+		if (!n || rec_put(n, &in) < 0) {
+			/* The replica still gets it; a later drain cannot re-send it. */
+			log_ratelimited("store-watch", "store: out of memory keeping %s/%llu", node,
+					(unsigned long long)id);
+			if (n) {
+				rec_del(n, id);
+				wn_gc(s, n);
+				n = wn_find(s, node, &(size_t){ 0 });
+			}
+		}
+		emit_put(s, n, &in, rev);
+		return;
+	}
+	count_malformed(s, key_ok ? key : NULL, rev);
+	if (key_ok && !relist) {
+		/* whatever valid record or drain the key held is gone */
+		if (is_drain) {
+			drain_apply(s, node, has_ip ? &ip : NULL, false, rev, false);
+		} else {
+			if ((n = wn_find(s, node, &(size_t){ 0 }))) {
+				rec_del(n, id);
+				wn_gc(s, n);
+			}
+			emit_del(s, node, id, rev);
+		}
 	}
 }
 
-static json_t *prefix_range_body(const struct etcd_store *s, bool keys_only)
+static json_t *prefix_range_body(const char *prefix, bool keys_only)
 {
-	char *k = b64_encode(s->prefix, strlen(s->prefix)), *end = range_end_b64(s->prefix);
+	char *k = b64_encode(prefix, strlen(prefix)), *end = range_end_b64(prefix);
 	json_t *o = k && end ? json_pack("{s:s,s:s,s:b}", "key", k, "range_end", end, "keys_only",
 					 keys_only)
 			     : NULL;
@@ -1024,13 +1452,14 @@ static void w_kick(struct etcd_store *s)
 	if (!s->watching || s->range_req || s->watch_req || need_auth(s))
 		return;
 	if (s->last_rev == 0) {
-		s->range_req = post(s, K_RANGE, "/v3/kv/range", prefix_range_body(s, false));
+		s->range_req =
+			post(s, K_RANGE, "/v3/kv/range", prefix_range_body(s->sys_prefix, false));
 		if (!s->range_req)
 			w_retry(s, "a relist", s->urls[s->ep], "cannot start the request");
 		return;
 	}
-	k = b64_encode(s->prefix, strlen(s->prefix));
-	end = range_end_b64(s->prefix);
+	k = b64_encode(s->sys_prefix, strlen(s->sys_prefix));
+	end = range_end_b64(s->sys_prefix);
 	body = k && end ? json_pack("{s:{s:s,s:s,s:I}}", "create_request", "key", k, "range_end",
 				    end, "start_revision", (json_int_t)(s->last_rev + 1))
 			: NULL;
@@ -1068,7 +1497,9 @@ static void on_range(struct et_req *q, CURLcode cc)
 	}
 	kvs = json_object_get(j, "kvs");
 	emit(s, STORE_RELIST_BEGIN, rev);
-	json_array_foreach(kvs, i, kv) apply_kv(s, kv, rev, false, true);
+	wn_clear(s);
+	json_array_foreach(kvs, i, kv) apply_kv(s, kv, rev, false, P_DRAINS);
+	json_array_foreach(kvs, i, kv) apply_kv(s, kv, rev, false, P_RECORDS);
 	s->last_rev = rev;
 	emit(s, STORE_RELIST_END, rev);
 	json_decref(j);
@@ -1127,7 +1558,7 @@ static bool watch_object(struct etcd_store *s, struct et_req *q, json_t *o)
 
 		if (rev <= 0 || (uint64_t)rev <= base)
 			continue;
-		apply_kv(s, kv, (uint64_t)rev, type && !strcmp(type, "DELETE"), false);
+		apply_kv(s, kv, (uint64_t)rev, type && !strcmp(type, "DELETE"), P_WATCH);
 		if ((uint64_t)rev > s->last_rev)
 			s->last_rev = (uint64_t)rev;
 	}
@@ -1236,22 +1667,35 @@ static void on_nodes(struct et_req *q, CURLcode cc)
 	json_array_foreach(kvs, i, kv)
 	{
 		const char *kb = json_string_value(json_object_get(kv, "key"));
-		char key[ET_PREFIX_MAX + 64], node[BYWAY_NAME_MAX];
-		size_t klen, k;
+		size_t klen, k, al = strlen(s->alive_prefix);
+		char key[ET_KEY_MAX], node[BYWAY_NAME_MAX];
+		bool alive;
 		uint64_t id;
 
-		if (!kb || b64_decode(kb, key, sizeof(key), &klen) < 0 ||
-		    parse_key(s, key, node, &id) < 0)
+		if (!kb || b64_decode(kb, key, sizeof(key), &klen) < 0)
 			continue;
+		alive = strncmp(key, s->alive_prefix, al) == 0;
+		if (alive) {
+			if (!key[al] || strchr(key + al, '/') || strlen(key + al) >= sizeof(node))
+				continue;
+			snprintf(node, sizeof(node), "%s", key + al);
+		} else if (parse_key(s, key, node, &id) < 0) {
+			continue;
+		}
 		for (k = 0; k < n && strcmp(ni[k].node, node); k++)
 			;
 		if (k == n) {
 			snprintf(ni[n].node, sizeof(ni[n].node), "%s", node);
-			ni[n].connected = true; /* it has keys, so its lease is alive */
 			ni[n].lease_age_ms = -1;
 			n++;
 		}
-		ni[k].instances++;
+		if (alive) {
+			/* its key lives as long as its lease: the agent's session is up */
+			ni[k].connected = true;
+			ni[k].lease_ms = (s->d->cfg->lease_ms + 999) / 1000 * 1000;
+		} else {
+			ni[k].instances++;
+		}
 	}
 	q->nodes_done(q->arg, 0, ni, n);
 	free(ni);
@@ -1297,6 +1741,9 @@ static void check_multi(struct etcd_store *s)
 			break;
 		case K_NODES:
 			on_nodes(q, cc);
+			break;
+		case K_DRAIN:
+			on_drain(q, cc);
 			break;
 		}
 		req_free(q);
@@ -1412,11 +1859,57 @@ static int et_watch(struct store *base, const struct store_watcher *w)
 	return 0;
 }
 
+/* Drain: put /byway/<system>/drain/<node>[/<IP>] (no lease); undrain: delete it. */
 static int et_drain(struct store *base, const char *node, const struct byway_addr *ip, bool drain,
 		    void (*done)(void *arg, int status), void *arg)
 {
-	/* Drains live in the embedded map server; etcd has no place for them yet. */
-	return -EOPNOTSUPP;
+	struct etcd_store *s = (struct etcd_store *)base;
+	char key[ET_KEY_MAX], a[BYWAY_ADDR_STRLEN] = "";
+	json_t *body = NULL;
+	struct et_req *q;
+	char *k;
+	int n;
+
+	if (!done || !node[0] || strchr(node, '/') || strlen(node) >= BYWAY_NAME_MAX)
+		return -EINVAL;
+	if (ip)
+		byway_addr_format(ip, a, sizeof(a));
+	n = snprintf(key, sizeof(key), "%s%s%s%s", s->drain_prefix, node, ip ? "/" : "", a);
+	if (n < 0 || (size_t)n >= sizeof(key))
+		return -ENAMETOOLONG;
+	if (need_auth(s))
+		return -ENOTCONN; /* not authenticated yet: the operator retries */
+	if (drain) {
+		body = put_body(key,
+				ip ? json_pack("{s:s,s:s}", "node", node, "ip", a)
+				   : json_pack("{s:s}", "node", node),
+				0);
+	} else if ((k = b64_encode(key, strlen(key)))) {
+		body = json_pack("{s:s}", "key", k);
+		free(k);
+	}
+	if (!body)
+		return -ENOMEM;
+	q = post(s, K_DRAIN, drain ? "/v3/kv/put" : "/v3/kv/deleterange", body);
+	if (!q)
+		return -ENOMEM;
+	q->drain_done = done;
+	q->arg = arg;
+	log_info("store: %s %s%s%s in etcd at %s", drain ? "draining" : "undraining", node,
+		 ip ? "/" : "", a, q->url);
+	return 0;
+}
+
+static void on_drain(struct et_req *q, CURLcode cc)
+{
+	char msg[256];
+	json_t *j;
+	int r = result(q, cc, &j, msg, sizeof(msg));
+
+	json_decref(j);
+	if (r < 0)
+		log_warnx("store: writing a drain to etcd at %s failed: %s", q->url, msg);
+	q->drain_done(q->arg, r == -EIO ? -ENOTCONN : r);
 }
 
 static int et_nodes(struct store *base,
@@ -1428,7 +1921,7 @@ static int et_nodes(struct store *base,
 
 	if (!done)
 		return -EINVAL;
-	q = post(s, K_NODES, "/v3/kv/range", prefix_range_body(s, true));
+	q = post(s, K_NODES, "/v3/kv/range", prefix_range_body(s->sys_prefix, true));
 	if (!q)
 		return -ENOMEM;
 	q->nodes_done = done;
@@ -1459,6 +1952,8 @@ static void et_close(struct store *base)
 		event_free(s->wa_timer);
 	if (s->w_timer)
 		event_free(s->w_timer);
+	wn_clear(s);
+	free(s->wn);
 	free(s->token);
 	free(s->insts);
 	free(s->wd);
@@ -1514,8 +2009,17 @@ int store_etcd_open(struct bywayd *d, struct store **ret)
 	s->fresh = true;
 	s->ag_backoff_ms = s->w_backoff_ms = ET_BACKOFF_MIN_MS;
 	LIST_INIT(&s->reqs);
-	snprintf(s->prefix, sizeof(s->prefix), "/byway/%s/inst/", cfg->sys->name);
-	r = snprintf(s->node_prefix, sizeof(s->node_prefix), "%s%s/", s->prefix, d->self->name);
+	snprintf(s->sys_prefix, sizeof(s->sys_prefix), "/byway/%s/", cfg->sys->name);
+	r = snprintf(s->prefix, sizeof(s->prefix), "/byway/%s/inst/", cfg->sys->name);
+	if (r >= 0 && (size_t)r < sizeof(s->prefix))
+		r = snprintf(s->drain_prefix, sizeof(s->drain_prefix), "/byway/%s/drain/",
+			     cfg->sys->name);
+	if (r >= 0 && (size_t)r < sizeof(s->drain_prefix))
+		r = snprintf(s->alive_prefix, sizeof(s->alive_prefix), "/byway/%s/node/",
+			     cfg->sys->name);
+	if (r >= 0 && (size_t)r < sizeof(s->alive_prefix))
+		r = snprintf(s->node_prefix, sizeof(s->node_prefix), "%s%s/", s->prefix,
+			     d->self->name);
 	if (r < 0 || (size_t)r >= sizeof(s->node_prefix)) {
 		et_close(&s->base);
 		return -ENAMETOOLONG;
@@ -1558,7 +2062,7 @@ int store_etcd_open(struct bywayd *d, struct store **ret)
 	curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
 	srandom((unsigned int)((uint64_t)time(NULL) ^ (uint64_t)getpid()));
 	log_info("store: etcd map at %s%s (keys under %s)", s->urls[0],
-		 s->n_urls > 1 ? " and more" : "", s->prefix);
+		 s->n_urls > 1 ? " and more" : "", s->sys_prefix);
 	ag_kick(s);
 	*ret = &s->base;
 	return 0;

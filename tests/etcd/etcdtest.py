@@ -7,8 +7,10 @@ picked free), each with a temporary data directory, waits until every member ans
 restarted with their data (they rejoin the cluster). etcd() runs etcdctl (etcd-client) against
 the cluster; api() speaks the JSON gateway directly (base64 keys and values).
 
-A loopback byway system whose map is the cluster: conf_text() (the same hosts as
-tests/daemon/bywaytest.py's Cluster, map = etcd://...).
+A loopback byway system whose map is the cluster: conf_text() (tests/daemon/bywaytest.py's
+Cluster and configuration, map = etcd://...). Test holds what every test script shares: the
+programs meson passes and the skips, the two clusters and their cleanup, lookups in a host's
+shared-memory replica (shm-lookup), bywayctl, applications registering on agent.sock (App).
 """
 
 import base64
@@ -232,52 +234,144 @@ class EtcdCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def skip_without_support(tap, daemon, timeout=3.0):
-    """Skip the test when this bywayd was built without the etcd store (no libcurl)."""
-    if daemon.wait_log(r"built without etcd support", timeout) or \
-            "built without etcd support" in daemon.log():
-        daemon.kill()
-        tap.skip_all("bywayd built without etcd support (libcurl)")
-
-
 def have_etcd():
     return ETCD is not None and ETCDCTL is not None
 
 
-CONF = """\
-[system]
-name = t
-global = 127.0.255.1
-map = etcd://{endpoints}
-resolver-port = {resolver_port}
-control-port = {control_port}
-secret-file = {dir}/secret
-lease = {lease}
-run-dir = {dir}/run
-{extra}
-[node n1]
-local = 127.0.0.1
-resource = 127.0.1.1
-resource = 127.0.1.2
-
-[node n2]
-local = 127.0.0.2
-resource = 127.0.2.1
-resource = 127.0.2.2
-
-[node n3]
-local = 127.0.0.3
-resource = 127.0.3.1
-
-[client c1]
-local = 127.0.4.100
-"""
+G = "127.0.255.1"           # the global IP of bywaytest.CONF's system "t"
+PREFIX = "/byway/t/inst/"   # its instance records in etcd
+DRAINS = "/byway/t/drain/"  # its drains
 
 
 def conf_text(c, endpoints, lease="1s", extra=""):
-    """A configuration for bywaytest.Cluster c with the map in etcd."""
-    return CONF.format(endpoints=endpoints, resolver_port=c.resolver_port,
+    """bywaytest.Cluster c's configuration (bywaytest.CONF) with the map in etcd."""
+    text = bt.CONF.replace("map = embedded://127.0.0.1:{map_port}\n",
+                           "map = etcd://{endpoints}\n").replace("\n\n[node n1]",
+                                                                 "\n{extra}\n[node n1]", 1)
+    assert "{endpoints}" in text and "{extra}" in text, "bywaytest.CONF changed"
+    return text.format(endpoints=endpoints, resolver_port=c.resolver_port,
                        control_port=c.control_port, dir=c.dir, lease=lease, extra=extra)
+
+
+def wait_for(pred, timeout=15.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+class Test:
+    """One test script: TAP, the programs meson passes (BYWAYD SHM_LOOKUP [BYWAYCTL]), an etcd
+    cluster and a loopback bywaytest.Cluster whose map it is (cleaned up by cleanup())."""
+
+    def __init__(self, need=(), netns=False):
+        """netns: run in a private network namespace whose lo carries the hosts' addresses
+        (tests/preload/preloadtest.py's), so that node agents see their resources present."""
+        if netns:
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                            "preload"))
+            import preloadtest
+            preloadtest.enter_netns()
+            preloadtest.setup_lo()
+        self.tap = bt.Tap()
+        self.bywayd = bt.bywayd_path()
+        self.shm_lookup = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("SHM_LOOKUP", "")
+        self.bywayctl = sys.argv[3] if len(sys.argv) > 3 else os.environ.get("BYWAYCTL", "")
+        if not self.bywayd:
+            self.tap.skip_all("bywayd not built")
+        if not self.shm_lookup or not os.access(self.shm_lookup, os.X_OK):
+            self.tap.skip_all("shm-lookup not built")
+        if "bywayctl" in need and not os.access(self.bywayctl or "/nonexistent", os.X_OK):
+            self.tap.skip_all("bywayctl not built")
+        if not have_etcd():
+            self.tap.skip_all("etcd and etcdctl not installed (Debian: etcd-server etcd-client)")
+        if "openssl" in need and not shutil.which("openssl"):
+            self.tap.skip_all("openssl not installed")
+        self.ec = self.c = None
+        self.apps = []
+
+    def clusters(self, members=1, tls=False):
+        """The etcd cluster (not started) and the byway cluster."""
+        self.ec = EtcdCluster(members, tls=tls)
+        self.c = bt.Cluster(self.bywayd)
+        return self.ec, self.c
+
+    def first_daemon(self, node, roles):
+        """Start the first bywayd; skip the test if it was built without the etcd store."""
+        d = self.c.start(node, roles=roles)
+        if not d.wait_log(r"store: etcd map at", 3):
+            if d.wait_log(r"built without etcd support", 3) or \
+                    "built without etcd support" in d.log():
+                d.kill()
+                self.cleanup()
+                self.tap.skip_all("bywayd built without etcd support (libcurl)")
+        return d
+
+    def refused(self, endpoints, extra, node, roles, pattern, desc):
+        """bywayd on node with a configuration (extra lines in [system]) that etcd refuses: it
+        must log pattern within 5 s and still be up a second later. Killed after."""
+        self.c.write_conf(conf_text(self.c, endpoints, extra=extra))
+        d = self.c.start(node, roles=roles)
+        ok = d.wait_log(pattern, 5)
+        time.sleep(1)
+        self.tap.ok(ok and d.alive(), desc, d.log()[-1500:])
+        d.kill()
+
+    def app(self, node, port):
+        a = App(self.c, node, port)
+        self.apps.append(a)
+        return a
+
+    def lookup(self, host, *tuples, count=None, wait_ms=15000):
+        """shm-lookup on host's replica: {tuple: (error or None, [ip:port ...])}, and the
+        states: {tuple: {ip:port: state}}."""
+        args = [self.shm_lookup]
+        if count is not None:
+            args += ["-n", str(count), "-w", str(wait_ms)]
+        out = subprocess.run(args + [os.path.join(self.c.dir, "run", host, "replica")] +
+                             list(tuples), capture_output=True, text=True,
+                             timeout=wait_ms / 1000 + 10)
+        res = {"rc": out.returncode, "raw": out.stdout + out.stderr, "states": {}}
+        for line in out.stdout.splitlines():
+            f = line.split()
+            if len(f) >= 2 and f[1].startswith("error="):
+                res[f[0]] = (f[1][6:], [])
+            elif len(f) >= 3 and f[1].startswith("rev="):
+                res[f[0]] = (None, sorted(x.split("/")[0] for x in f[3:]))
+                res["states"][f[0]] = {x.split("/")[0]: x.split("/")[1] for x in f[3:]}
+        return res
+
+    def ctl(self, host, *args):
+        """bywayctl on host (its control socket): (exit status, output)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BYWAY_")}
+        env["BYWAY_NODE"] = host
+        p = subprocess.run([self.bywayctl, "-c", self.c.conf, "-t", "5"] + list(args),
+                           env=env, capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stdout + p.stderr
+
+    def keys(self, prefix):
+        return self.ec.range_prefix(prefix)[0]
+
+    def no_sanitizer_report(self):
+        self.tap.ok(all(d.sanitizer_report() is None for d in self.c.daemons),
+                    "no sanitizer report")
+
+    def cleanup(self):
+        for a in self.apps:
+            try:
+                a.close()
+            except OSError:
+                pass
+        self.apps = []
+        try:
+            if self.c:
+                self.c.cleanup()
+        finally:
+            if self.ec:
+                self.ec.cleanup()
+        self.c = self.ec = None
 
 
 class App:

@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: MIT
 #
 # lab-partition: a node agent cut off from etcd loses its entries after the lease, and gets
-# them back when the partition heals. A byway-lab (2 nodes, 1 client); etcd runs inside n1's
-# namespace on n1's local IP; bywayd on n2 (node) and c1 (client) use map = etcd://. An
+# them back when the partition heals. A byway-lab (2 nodes, 1 client) made with --store etcd:
+# etcd runs inside n1's namespace on n1's local IP; bywayd on n2 (node) and c1 (client) use map = etcd://. An
 # application on n2 registers a listener; c1's replica has it. nftables in n2's namespace then
 # drops everything n2 sends to the etcd host: after the lease n2's entry leaves c1's replica
 # (etcd expired n2's lease, c1 still watches); the rule removed, n2's keepalive finds its lease
@@ -29,29 +29,12 @@ LAB=et1
 TMP=$(mktemp -d /tmp/byway-etcd-lab.XXXXXX)
 at_exit "rm -rf '$TMP'"
 
-lab_up $LAB --nodes 2 --resources 1 --clients 1 || bail_out "lab did not come up"
-sed -i "s|^map = .*|map = etcd://$ETCD_IP:2379|; s|^lease = .*|lease = 1s|" "$LAB_CONF"
-grep -q "^map = etcd://$ETCD_IP:2379" "$LAB_CONF" || bail_out "cannot set the etcd map in $LAB_CONF"
-
-# etcd inside n1: clients on n1's local IP, peers on n1's own loopback.
-in_ns n1 ip link set lo up
-in_ns n1 etcd --name e1 --data-dir "$TMP/e1" \
-	--listen-client-urls "http://$ETCD_IP:2379" --advertise-client-urls "http://$ETCD_IP:2379" \
-	--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-	--initial-cluster e1=http://127.0.0.1:2380 --heartbeat-interval 50 --election-timeout 500 \
-	>"$TMP/etcd.log" 2>&1 &
-ETCD_PID=$!
-at_exit "kill_pid $ETCD_PID"
-healthy=1
-for _ in $(seq 100); do
-	if in_ns n1 env ETCDCTL_API=3 etcdctl --endpoints "$ETCD_IP:2379" endpoint health \
-		>/dev/null 2>&1; then
-		healthy=0
-		break
-	fi
-	sleep 0.1
-done
-ok_if $healthy "etcd runs in n1 on $ETCD_IP:2379" "$(tail -5 "$TMP/etcd.log")"
+lab_up $LAB --nodes 2 --resources 1 --clients 1 --store etcd || bail_out "lab did not come up"
+grep -q "^map = etcd://$ETCD_IP:2379" "$LAB_CONF" || bail_out "no etcd map in $LAB_CONF"
+in_ns n1 env ETCDCTL_API=3 etcdctl --endpoints "$ETCD_IP:2379" endpoint health >/dev/null 2>&1
+healthy=$?
+ok_if $healthy "etcd runs in n1 on $ETCD_IP:2379 (byway-lab up --store etcd)" \
+	"$(tail -5 "/run/byway-lab/$LAB/logs/etcd.log")"
 
 "$BYWAY_LAB" start --name $LAB --bywayd "$BYWAYD" n2 c1 >"$TMP/start.log" 2>&1
 ok_if $? "bywayd started on n2 and c1 with map = etcd://$ETCD_IP:2379" "$(cat "$TMP/start.log")"

@@ -16,65 +16,27 @@ Usage: test-etcd-cluster.py BYWAYD SHM_LOOKUP."""
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import etcdtest as et  # noqa: E402
-from etcdtest import bt  # noqa: E402
+from etcdtest import G, PREFIX, wait_for  # noqa: E402
 
-tap = bt.Tap()
-bywayd = bt.bywayd_path()
-shm_lookup = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("SHM_LOOKUP", "")
-if not bywayd:
-    tap.skip_all("bywayd not built")
-if not shm_lookup or not os.access(shm_lookup, os.X_OK):
-    tap.skip_all("shm-lookup not built")
-if not et.have_etcd():
-    tap.skip_all("etcd and etcdctl not installed (Debian: etcd-server etcd-client)")
-
-G = "127.0.255.1"
-PREFIX = "/byway/t/inst/"
+t = et.Test()
+tap = t.tap
 ITERATIONS = 120   # bounded: ~ITERATIONS * 50 ms plus the election
 KEEP = 8           # listeners kept open at a time
 BASE_PORT = 9000
 
 
-def lookup(c, host, *tuples, count=None, wait_ms=15000):
-    args = [shm_lookup]
-    if count is not None:
-        args += ["-n", str(count), "-w", str(wait_ms)]
-    out = subprocess.run(args + [os.path.join(c.dir, "run", host, "replica")] + list(tuples),
-                         capture_output=True, text=True, timeout=wait_ms / 1000 + 10)
-    res = {"rc": out.returncode, "raw": out.stdout + out.stderr}
-    for line in out.stdout.splitlines():
-        f = line.split()
-        if len(f) >= 2 and f[1].startswith("error="):
-            res[f[0]] = (f[1][6:], [])
-        elif len(f) >= 3 and f[1].startswith("rev="):
-            res[f[0]] = (None, sorted(x.split("/")[0] for x in f[3:]))
-    return res
-
-
-def wait_for(pred, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
-
-
-ec = et.EtcdCluster(3)
-c = bt.Cluster(bywayd)
+ec, c = t.clusters(3)
+lookup = t.lookup
 apps = {}
 try:
     c.write_conf(et.conf_text(c, ",".join("127.0.0.1:%d" % m.client_port
                                           for m in ec.members), lease="1s"))
-    n2 = c.start("n2", roles="node")
-    if not n2.wait_log(r"store: etcd map at", 3):
-        et.skip_without_support(tap, n2, 0)
+    n2 = t.first_daemon("n2", roles="node")
     tap.ok(ec.start(), "3-member etcd cluster started and healthy")
     tap.ok(n2.wait_log(r"store: etcd at .* granted lease", 10), "n2 holds a lease", n2.log())
     c1 = c.start("c1", roles="client", wait=r"replica: synchronized", timeout=10)
@@ -103,12 +65,12 @@ try:
                 else None
             if probe is not None:
                 lookups += 1
-                r = lookup(c, "c1", "%s:%d" % (G, probe), count=2, wait_ms=10000)
+                r = lookup("c1", "%s:%d" % (G, probe), count=2, wait_ms=10000)
                 lookups_ok += r["rc"] == 0
                 if r["rc"] != 0:
                     try:
                         in_etcd = sorted(json.loads(v)["service"] for v in
-                                         ec.range_prefix(PREFIX + "n2/")[0].values())
+                                         t.keys(PREFIX + "n2/").values())
                     except OSError as e:
                         in_etcd = str(e)
                     bad_lookups.append("%d at %+.2f s: %s; etcd has %s" % (
@@ -141,8 +103,8 @@ try:
     tap.ok(ok, "etcd holds exactly the %d open listeners: none lost, none duplicated, none "
            "left behind" % len(want), "etcd %r" % got, "want %r" % want, n2.log()[-3000:])
     closed = [p for p in range(BASE_PORT, BASE_PORT + ITERATIONS) if p not in apps]
-    r = lookup(c, "c1", *["%s:%d" % (G, p) for p in want])
-    r2 = lookup(c, "c1", *["%s:%d" % (G, p) for p in closed[-20:]])
+    r = lookup("c1", *["%s:%d" % (G, p) for p in want])
+    r2 = lookup("c1", *["%s:%d" % (G, p) for p in closed[-20:]])
     tap.ok(all(r.get("%s:%d" % (G, p), ("x",))[0] is None for p in want) and
            all(r2.get("%s:%d" % (G, p), ("x",))[0] == "ENOENT" for p in closed[-20:]),
            "c1's replica: the open listeners present, the closed ones gone",
@@ -164,17 +126,13 @@ try:
     tap.ok(all(s is not None for s in st) and len({s["leader"] for s in st}) == 1,
            "all three members agree on one leader", repr(st))
     extra = et.App(c, "n2", 8999)
-    r = lookup(c, "c1", "%s:8999" % G, count=2)
+    r = lookup("c1", "%s:8999" % G, count=2)
     tap.ok(extra.ok and r["rc"] == 0, "registrations still flow", r["raw"])
     extra.close()
     tap.is_(n2.stop(), 0, "SIGTERM on n2: drained, exit 0")
     tap.ok(wait_for(lambda: etcd_ports() == [], 5), "no key of n2 left")
-    tap.ok(all(d.sanitizer_report() is None for d in c.daemons), "no sanitizer report")
+    t.no_sanitizer_report()
 finally:
-    for a in apps.values():
-        a.close()
-    try:
-        c.cleanup()
-    finally:
-        ec.cleanup()
+    t.apps += apps.values()
+    t.cleanup()
 tap.done()

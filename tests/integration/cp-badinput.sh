@@ -10,7 +10,9 @@
 # resolver and to a node's agent socket. Each is refused and counted (bywayctl stats: auth_fail,
 # replay, malformed, rejected, query_ratelimited), every daemon stays up, the map every host
 # sees is unchanged, and the resolver still answers other clients. Node n4 is configured but
-# runs no bywayd, so the attacker's sessions as n4 disturb no one.
+# runs no bywayd, so the attacker's sessions as n4 disturb no one. With the map in etcd
+# (BYWAY_TEST_STORE=etcd) there is no map server to attack: those checks, and the counters
+# only they move (auth_fail, replay, rejected), are skipped as "embedded map only".
 
 . "$(dirname "$0")/lib.sh"
 
@@ -47,19 +49,25 @@ q0=$(stat_total n1 query_ratelimited)
 a0=$(stat_total n2 malformed)
 
 # --- the map server ------------------------------------------------------------------------
-out=$(bx c1 "$PYTHON" "$(dirname "$0")/cp-badinput.py" 10.77.1.100:7700 \
-	"/run/byway-lab/$LAB_NAME/secret" n4 10.77.4.1 10.77.2.1 2>&1)
-st=$?
-((st == 0)) || diag "cp-badinput.py exited $st:" "$out"
-n=0
-while read -r line; do
-	[[ $line == '{'* ]] || continue
-	n=$((n + 1))
-	name=$(jq_py "$line" 'd["attack"]')
-	[[ $(jq_py "$line" 'd["refused"]') == True ]]
-	ok_if $? "map server refuses: $name ($(jq_py "$line" 'd["detail"]'))"
-done <<<"$out"
-is "$n" 14 "all 14 attacks on the map server ran"
+embedded_map=1
+[[ ${BYWAY_TEST_STORE:-embedded} == embedded ]] || embedded_map=0
+if ((embedded_map)); then
+	out=$(bx c1 "$PYTHON" "$(dirname "$0")/cp-badinput.py" 10.77.1.100:7700 \
+		"/run/byway-lab/$LAB_NAME/secret" n4 10.77.4.1 10.77.2.1 2>&1)
+	st=$?
+	((st == 0)) || diag "cp-badinput.py exited $st:" "$out"
+	n=0
+	while read -r line; do
+		[[ $line == '{'* ]] || continue
+		n=$((n + 1))
+		name=$(jq_py "$line" 'd["attack"]')
+		[[ $(jq_py "$line" 'd["refused"]') == True ]]
+		ok_if $? "map server refuses: $name ($(jq_py "$line" 'd["detail"]'))"
+	done <<<"$out"
+	is "$n" 14 "all 14 attacks on the map server ran"
+else
+	skip "the map server refuses all 14 attacks of cp-badinput.py" "embedded map only"
+fi
 
 # --- the resolver --------------------------------------------------------------------------
 # udp_drops HOST: datagrams the kernel of HOST dropped for a full socket buffer.
@@ -121,6 +129,10 @@ ok_if $? "garbage on n2's agent socket is counted malformed on n2 ($a0 -> $a1)"
 
 # --- the end state -------------------------------------------------------------------------
 for k in auth_fail replay malformed rejected; do
+	if ((!embedded_map)) && [[ $k != malformed ]]; then
+		skip "bywayctl stats on n1 counts $k" "embedded map only"
+		continue
+	fi
 	v=$(stat_total n1 $k)
 	((v > ${c0[$k]}))
 	ok_if $? "bywayctl stats on n1 counts $k (${c0[$k]} -> $v)"

@@ -221,6 +221,12 @@ require_lab() {
 	[[ -x $BYWAY_LAB ]] || skip_all "byway-lab not found at $BYWAY_LAB"
 }
 
+# The -etcd variants of the tests (meson.build: BYWAY_TEST_STORE=etcd) keep the lab's map in
+# etcd, which this machine may not have.
+if [[ ${BYWAY_TEST_STORE:-} == etcd ]] && ! command -v etcd >/dev/null 2>&1; then
+	skip_all "etcd is not installed (Debian: etcd-server)"
+fi
+
 # ---------------------------------------------------------------------------------------------
 # Labs
 
@@ -228,12 +234,15 @@ LAB_NAME=''
 LAB_CONF=''
 
 # lab_up NAME ARGS...: builds lab NAME (removing a stale one left by an earlier run), tears it
-# down at exit; sets LAB_NAME and LAB_CONF. Returns byway-lab's exit status.
+# down at exit; sets LAB_NAME and LAB_CONF. Returns byway-lab's exit status. With
+# BYWAY_TEST_STORE set (embedded or etcd: the -etcd variants of the tests in meson.build), the
+# lab keeps its map in that store (byway-lab up --store).
 lab_up() {
 	local name=$1 out st
 	shift
 	"$BYWAY_LAB" down --name "$name" >/dev/null 2>&1 || true
 	at_exit "'$BYWAY_LAB' down --name '$name'"
+	[[ -n ${BYWAY_TEST_STORE:-} ]] && set -- "$@" --store "$BYWAY_TEST_STORE"
 	out=$("$BYWAY_LAB" up --name "$name" "$@" 2>&1)
 	st=$?
 	LAB_NAME=$name

@@ -16,7 +16,9 @@ of a small dual-stack system on loopback addresses, and real bywayd processes fo
 Programs run "on" a host the way byway-lab exec runs them: BYWAY_CONF and BYWAY_NODE set
 (the run directory is <run-dir>/<host>, or BYWAY_RUN_DIR when a test sets it), with
 LD_PRELOAD=libbyway-preload.so and BYWAY_DEBUG=1 unless a test says otherwise. The fd
-addresses never leave the namespace.
+addresses never leave the namespace. With BYWAY_TEST_STORE=etcd (the preload-*-etcd tests) the
+map is in a one-member etcd started inside the namespace (tests/etcd/etcdtest.py), and n1's
+bywayd runs no map server.
 """
 
 import json
@@ -138,7 +140,22 @@ class Fixture:
         setup_lo()
         self.tap = bt.Tap()
         self.c = bt.Cluster(self.bywayd, lease="500ms")
-        self.c.write_conf(CONF.format(map_port=self.c.map_port,
+        self.etcd = None
+        conf = CONF
+        if os.environ.get("BYWAY_TEST_STORE", "embedded") == "etcd":
+            # The map in a one-member etcd inside the namespace (tests/etcd/etcdtest.py).
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                            "etcd"))
+            import etcdtest
+            if not etcdtest.have_etcd():
+                self.c.cleanup()
+                skip("etcd and etcdctl not installed (Debian: etcd-server etcd-client)")
+            self.etcd = etcdtest.EtcdCluster(1)
+            if not self.etcd.start():
+                self.tap.ok(False, "etcd started", self.etcd.members[0].log()[-2000:])
+            conf = CONF.replace("map = embedded://127.0.0.1:{map_port}",
+                                "map = etcd://127.0.0.1:%d" % self.etcd.members[0].client_port)
+        self.c.write_conf(conf.format(map_port=self.c.map_port,
                                       resolver_port=self.c.resolver_port,
                                       control_port=self.c.control_port, dir=self.c.dir,
                                       lease="500ms"))
@@ -301,6 +318,8 @@ class Fixture:
             if rep:
                 self.tap.ok(False, "bywayd %s: no sanitizer report" % d.node, rep)
         self.c.cleanup()
+        if self.etcd:
+            self.etcd.cleanup()
 
 
 class Server:
