@@ -1125,7 +1125,7 @@ static void drain_done(void *arg, int status)
 		if (cn->status == -ENOTCONN || cn->status == -EOPNOTSUPP)
 			conn_reply(cn, jerror("%s", store_strerror(cn->status)));
 		else
-			conn_reply(cn, jerror("the map server refused: %s", strerror(-cn->status)));
+			conn_reply(cn, jerror("the map store refused: %s", strerror(-cn->status)));
 		return;
 	}
 	doc = cn->reply;
