@@ -215,10 +215,18 @@ def run(kind, bywayd, n_watch, n_change, burst):
         for a in apps:
             a.close()
         apps = []
-        end = time.monotonic() + 1
-        while time.monotonic() < end:
-            W.poll(0.05, lambda *x: None, lambda *x: None)
-            W1.poll(0, lambda *x: None, lambda *x: None)
+        # Quiet before the failover: every late event of the burst (its withdrawals above
+        # all) delivered, so that a delete seen below is the failover's (0.5 s without an
+        # event, at most 10 s).
+        last = time.monotonic()
+        end = last + 10
+
+        def saw(*x):
+            nonlocal last
+            last = time.monotonic()
+        while time.monotonic() < end and time.monotonic() - last < 0.5:
+            W.poll(0.05, saw, saw)
+            W1.poll(0, saw, saw)
 
         # ---- failover: node death ----
         a = et.App(c, "n2", 30000)
