@@ -331,24 +331,6 @@ char *byway_config_format_duration(uint32_t ms, char *buf, size_t len)
 	return buf;
 }
 
-static int parse_bool(const char *s, bool *ret)
-{
-	static const char *const yes[] = { "yes", "true", "on", "1" };
-	static const char *const no[] = { "no", "false", "off", "0" };
-
-	for (size_t i = 0; i < BYWAY_ARRAY_SIZE(yes); i++) {
-		if (!strcasecmp(s, yes[i])) {
-			*ret = true;
-			return 0;
-		}
-		if (!strcasecmp(s, no[i])) {
-			*ret = false;
-			return 0;
-		}
-	}
-	return -EINVAL;
-}
-
 /* Does a resource token name an address (rather than an interface)? */
 static bool looks_like_addr(const char *s)
 {
@@ -676,7 +658,7 @@ static int get_port(struct parser *p, unsigned int line, const char *key, const 
 
 static int get_bool(struct parser *p, unsigned int line, const char *key, const char *v, bool *ret)
 {
-	if (parse_bool(v, ret) < 0)
+	if (byway__parse_bool(v, ret) < 0)
 		return perr(p, line, "invalid boolean '%.64s' for %s (yes or no)", v, key);
 	return 0;
 }

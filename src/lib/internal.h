@@ -9,6 +9,7 @@
 #include <byway/tuple.h>
 #include <byway/model.h>
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -23,6 +24,9 @@ static inline uint64_t byway__now_ms(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+/* yes/true/on/1 or no/false/off/0, any case (config files and BYWAY_* variables); -EINVAL. */
+int byway__parse_bool(const char *s, bool *ret) BYWAY_HIDDEN;
 
 /* Copy a NUL-terminated string into a fixed buffer; -ENAMETOOLONG if it does not fit. */
 int byway__strlcpy(char *dst, const char *src, size_t size) BYWAY_HIDDEN;

@@ -127,24 +127,6 @@ static int grow(void **v, size_t n, size_t *cap, size_t size)
 
 /* ---- booleans and numbers ------------------------------------------------------------- */
 
-static int parse_bool(const char *s, bool *ret)
-{
-	static const char *const yes[] = { "yes", "true", "on", "1" };
-	static const char *const no[] = { "no", "false", "off", "0" };
-
-	for (size_t i = 0; i < BYWAY_ARRAY_SIZE(yes); i++) {
-		if (!strcasecmp(s, yes[i])) {
-			*ret = true;
-			return 0;
-		}
-		if (!strcasecmp(s, no[i])) {
-			*ret = false;
-			return 0;
-		}
-	}
-	return -EINVAL;
-}
-
 /*
  * Decimal digits only, at least one: -EINVAL on syntax, else the value (saturated just above
  * max, so callers can report -ERANGE after the syntax is known good).
@@ -194,24 +176,30 @@ static int parse_range(const char *tok, const char *name, struct byway_port_rang
 	return 0;
 }
 
-int byway_rules_parse_ports(const char *value, const char *name, struct byway_port_range **ret,
-			    size_t *ret_n, char *err, size_t errlen)
+/*
+ * A list of entries, each parsed by one() into an element of size bytes: *ret (owned) and
+ * *ret_n, or -errno with err set and nothing allocated.
+ */
+static int parse_list(const char *value, const char *name, size_t size,
+		      int (*one)(const char *tok, const char *name, void *ret, char *err,
+				 size_t errlen),
+		      void **ret, size_t *ret_n, char *err, size_t errlen)
 {
-	struct byway_port_range *v = NULL;
 	char tok[BYWAY_RULES_TOKEN_MAX + 1];
 	size_t n = 0, cap = 0, len;
 	const char *start;
+	void *v = NULL;
 	int r;
 
 	while ((len = next_entry(&value, &start)) > 0) {
 		r = take_entry(name, start, len, n, tok, err, errlen);
 		if (r < 0)
 			goto err_free;
-		if (grow((void **)&v, n, &cap, sizeof(*v)) < 0) {
+		if (grow(&v, n, &cap, size) < 0) {
 			r = oom(err, errlen);
 			goto err_free;
 		}
-		r = parse_range(tok, name, &v[n], err, errlen);
+		r = one(tok, name, (char *)v + n * size, err, errlen);
 		if (r < 0)
 			goto err_free;
 		n++;
@@ -223,6 +211,17 @@ int byway_rules_parse_ports(const char *value, const char *name, struct byway_po
 err_free:
 	free(v);
 	return r;
+}
+
+static int one_range(const char *tok, const char *name, void *ret, char *err, size_t errlen)
+{
+	return parse_range(tok, name, ret, err, errlen);
+}
+
+int byway_rules_parse_ports(const char *value, const char *name, struct byway_port_range **ret,
+			    size_t *ret_n, char *err, size_t errlen)
+{
+	return parse_list(value, name, sizeof(**ret), one_range, (void **)ret, ret_n, err, errlen);
 }
 
 /* ---- program patterns ----------------------------------------------------------------- */
@@ -382,35 +381,15 @@ static int parse_cidr(const char *tok, const char *name, struct byway_cidr *ret,
 	return 0;
 }
 
+static int one_cidr(const char *tok, const char *name, void *ret, char *err, size_t errlen)
+{
+	return parse_cidr(tok, name, ret, err, errlen);
+}
+
 int byway_rules_parse_dests(const char *value, const char *name, struct byway_cidr **ret,
 			    size_t *ret_n, char *err, size_t errlen)
 {
-	char tok[BYWAY_RULES_TOKEN_MAX + 1];
-	struct byway_cidr *v = NULL;
-	size_t n = 0, cap = 0, len;
-	const char *start;
-	int r;
-
-	while ((len = next_entry(&value, &start)) > 0) {
-		r = take_entry(name, start, len, n, tok, err, errlen);
-		if (r < 0)
-			goto err_free;
-		if (grow((void **)&v, n, &cap, sizeof(*v)) < 0) {
-			r = oom(err, errlen);
-			goto err_free;
-		}
-		r = parse_cidr(tok, name, &v[n], err, errlen);
-		if (r < 0)
-			goto err_free;
-		n++;
-	}
-	*ret = v;
-	*ret_n = n;
-	return 0;
-
-err_free:
-	free(v);
-	return r;
+	return parse_list(value, name, sizeof(**ret), one_cidr, (void **)ret, ret_n, err, errlen);
 }
 
 /* ---- the rules ------------------------------------------------------------------------ */
@@ -514,7 +493,7 @@ static int env_bool(char *(*get)(const char *), const char *var, bool *set, bool
 
 	if (!v)
 		return 0;
-	if (parse_bool(v, ret) < 0)
+	if (byway__parse_bool(v, ret) < 0)
 		return rerr(err, errlen, -EINVAL, "invalid boolean '%s' for %s (yes or no)",
 			    show(v, strlen(v), sb), var);
 	*set = true;
