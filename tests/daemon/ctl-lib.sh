@@ -26,65 +26,9 @@ CTL_BUILDDIR=${BYWAY_BUILDDIR:-$CTL_SRCDIR/build}
 BYWAYD=${BYWAYD:-$CTL_BUILDDIR/src/daemon/bywayd}
 BYWAYCTL=${BYWAYCTL:-$CTL_BUILDDIR/src/ctl/bywayctl}
 
-# ---------------------------------------------------------------------------------------------
-# TAP
-
-TAP_N=0
-TAP_FAILED=0
-
-diag() {
-	local line
-	while IFS= read -r line; do printf '# %s\n' "$line"; done <<<"$*"
-}
-
-ok() {
-	TAP_N=$((TAP_N + 1))
-	printf 'ok %d - %s\n' "$TAP_N" "$1"
-}
-
-not_ok() {
-	TAP_N=$((TAP_N + 1))
-	TAP_FAILED=$((TAP_FAILED + 1))
-	printf 'not ok %d - %s\n' "$TAP_N" "$1"
-	shift
-	local d
-	for d in "$@"; do diag "$d"; done
-	return 0
-}
-
-# ok_if STATUS DESC [DETAIL...]
-ok_if() {
-	local st=$1
-	shift
-	if [[ $st == 0 ]]; then ok "$1"; else not_ok "$@"; fi
-}
-
-# is GOT WANT DESC
-is() {
-	if [[ $1 == "$2" ]]; then ok "$3"; else not_ok "$3" "got:  $1" "want: $2"; fi
-}
-
-# like TEXT REGEX DESC: TEXT matches the extended regex.
-like() {
-	if [[ $1 =~ $2 ]]; then ok "$3"; else not_ok "$3" "text: $1" "does not match: $2"; fi
-}
-
-# unlike TEXT REGEX DESC
-unlike() {
-	if [[ $1 =~ $2 ]]; then not_ok "$3" "text: $1" "matches: $2"; else ok "$3"; fi
-}
-
-# Nothing can run here: exit 77, or $BYWAY_TAP_SKIP_EXIT (meson reads any non-zero exit of a
-# TAP test as an error, so its registration sets 0).
-skip_all() {
-	printf '1..0 # SKIP %s\n' "$1"
-	exit "${BYWAY_TAP_SKIP_EXIT:-77}"
-}
-
-done_testing() {
-	printf '1..%d\n' "$TAP_N"
-	((TAP_FAILED == 0))
-}
+# TAP output: tests/lib/tap.sh
+# shellcheck source=../lib/tap.sh
+. "$CTL_SRCDIR/tests/lib/tap.sh"
 
 # ---------------------------------------------------------------------------------------------
 # Running bywayctl
