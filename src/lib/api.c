@@ -1706,6 +1706,18 @@ static int parse_dst(const char *host, uint16_t port, struct byway_tuple *ret)
 	return 0;
 }
 
+/* A fresh op, nothing to clean up yet (op_cleanup() may follow). */
+static void op_clear(struct byway_connect_op *op)
+{
+	memset(op, 0, offsetof(struct byway_connect_op, t));
+	op->fd = -1;
+	op->result = -EINPROGRESS;
+	op->decision = BYWAY_WIRE_CNT__N;
+	query_init(&op->q);
+	tuples_init(&op->t);
+	tuples_init(&op->order);
+}
+
 static int op_init_tuple(struct byway_ctx *ctx, const struct byway_tuple *dst, int timeout_ms,
 			 bool blocking, struct byway__fd_connect *adopt,
 			 struct byway_connect_op *op)
@@ -1713,14 +1725,8 @@ static int op_init_tuple(struct byway_ctx *ctx, const struct byway_tuple *dst, i
 	uint64_t now = byway__now_ms();
 	uint32_t budget;
 
-	memset(op, 0, offsetof(struct byway_connect_op, t));
-	op->fd = -1;
-	op->result = -EINPROGRESS;
-	op->decision = BYWAY_WIRE_CNT__N;
+	op_clear(op);
 	op->adopt = adopt;
-	query_init(&op->q);
-	tuples_init(&op->t);
-	tuples_init(&op->order);
 	if (!ctx)
 		return fail(-EINVAL, "byway_connect: no context");
 	op->dst = *dst;
@@ -1742,12 +1748,7 @@ static int op_init(struct byway_ctx *ctx, const char *host, uint16_t port, int t
 	int r = parse_dst(host, port, &dst);
 
 	if (r < 0) {
-		memset(op, 0, offsetof(struct byway_connect_op, t));
-		op->fd = -1;
-		op->result = -EINPROGRESS;
-		query_init(&op->q);
-		tuples_init(&op->t);
-		tuples_init(&op->order);
+		op_clear(op);
 		return fail(r, "byway_connect: '%s' port %u: not an IP address and port",
 			    host ? host : "(null)", port);
 	}
@@ -2336,22 +2337,16 @@ int byway__connect_fd(struct byway_ctx *ctx, const struct byway_tuple *dst,
 			break;
 		r = op_step(op, n > 0 ? p.revents : n == 0 ? 0 : -1);
 	}
-	if (op->phase == OP_RESOLVE) {
-		/* poll() itself failed: the caller's plain connect, counted as our error. */
+	if (op->phase == OP_RESOLVE ||
+	    (op->phase == OP_DONE && op->decision == BYWAY_WIRE_CNT__N)) {
+		/* byway failed (poll() itself, or before any attempt on the socket): fail open,
+		 * the caller's plain connect, counted as our error. */
 		count(ctx, BYWAY_WIRE_CNT_FALLBACK_ERROR, dst, NULL);
 		op->decision = BYWAY_WIRE_CNT_FALLBACK_ERROR;
-		op->phase = OP_PLAIN;
 		r = adopt_attempt(op, dst, NULL, 0);
 		r = r == 1 ? 0 : r;
 	} else if (op->phase == OP_DONE) {
 		r = op->result >= 0 ? 0 : op->result;
-		if (op->decision == BYWAY_WIRE_CNT__N) {
-			/* byway failed before any attempt on the socket: fail open. */
-			count(ctx, BYWAY_WIRE_CNT_FALLBACK_ERROR, dst, NULL);
-			op->decision = BYWAY_WIRE_CNT_FALLBACK_ERROR;
-			r = adopt_attempt(op, dst, NULL, 0);
-			r = r == 1 ? 0 : r;
-		}
 	} else {
 		r = -EINPROGRESS; /* a non-blocking caller's attempt, in progress */
 	}
@@ -2365,8 +2360,7 @@ int byway__connect_fd(struct byway_ctx *ctx, const struct byway_tuple *dst,
 			}
 		}
 	}
-	op->phase = OP_DONE; /* op_cleanup() must not touch the caller's socket */
-	op_cleanup(op);
+	op_cleanup(op); /* never closes the caller's socket (op->adopt) */
 	report_maybe_flush(ctx, byway__now_ms());
 	return r;
 }

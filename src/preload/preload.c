@@ -206,6 +206,16 @@ static struct fdslot *slot(int fd, bool create)
 	return t ? &t[(unsigned)fd & (FD_CHUNK - 1)] : NULL;
 }
 
+/* The slot's address: what the program bound or dialled (truncated to a sockaddr_in6). */
+static void slot_set_addr(struct fdslot *s, const struct sockaddr *addr, socklen_t len)
+{
+	if (len > sizeof(s->addr))
+		len = sizeof(s->addr);
+	memset(&s->addr, 0, sizeof(s->addr));
+	memcpy(&s->addr, addr, len);
+	s->alen = len;
+}
+
 static uint32_t flags_of(int fd)
 {
 	struct fdslot *s = slot(fd, false);
@@ -408,9 +418,7 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 		/* Left alone; a listen() on it says why. */
 		r = real_bind(fd, addr, len);
 		if (r == 0) {
-			memset(&s->addr, 0, sizeof(s->addr));
-			memcpy(&s->addr, addr, len < sizeof(s->addr) ? len : sizeof(s->addr));
-			s->alen = len < sizeof(s->addr) ? len : sizeof(s->addr);
+			slot_set_addr(s, addr, len);
 			s->why = kind == -ENOTCONN        ? WHY_NOT_NODE
 				 : kind == -EADDRNOTAVAIL ? WHY_ADDRESS
 							  : WHY_RULE;
@@ -434,9 +442,7 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 		if (addr->sa_family == AF_INET6)
 			(void)real_setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 		if (sl > 0 && real_bind(fd, (struct sockaddr *)&ss, (socklen_t)sl) == 0) {
-			memset(&s->addr, 0, sizeof(s->addr));
-			memcpy(&s->addr, addr, len < sizeof(s->addr) ? len : sizeof(s->addr));
-			s->alen = len < sizeof(s->addr) ? len : sizeof(s->addr);
+			slot_set_addr(s, addr, len);
 			atomic_store(&s->flags, (fl & (FL_TCP | FL_SNDTIMEO)) | FL_TCP | FL_BOUND |
 							FL_WIDENED);
 			errno = saved;
@@ -450,9 +456,7 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 	}
 	r = real_bind(fd, addr, len);
 	if (r == 0) {
-		memset(&s->addr, 0, sizeof(s->addr));
-		memcpy(&s->addr, addr, len < sizeof(s->addr) ? len : sizeof(s->addr));
-		s->alen = len < sizeof(s->addr) ? len : sizeof(s->addr);
+		slot_set_addr(s, addr, len);
 		atomic_store(&s->flags,
 			     (fl & (FL_TCP | FL_SNDTIMEO)) | FL_TCP | FL_BOUND | FL_WILD);
 	}
@@ -961,9 +965,7 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 			affinity_put(&dst, c.used_node);
 
 		if (s) {
-			memset(&s->addr, 0, sizeof(s->addr));
-			memcpy(&s->addr, addr, len < sizeof(s->addr) ? len : sizeof(s->addr));
-			s->alen = len < sizeof(s->addr) ? len : sizeof(s->addr);
+			slot_set_addr(s, addr, len);
 			s->used = c.used;
 			atomic_fetch_or(&s->flags, FL_PEER | (r == -EINPROGRESS ? FL_PENDING : 0));
 		}
