@@ -33,6 +33,7 @@
 #include <byway/wire.h>
 
 #include "lfilter.h"
+#include "bench-util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -54,14 +55,6 @@
 
 #define GLOBAL "127.0.0.100"
 #define TUPLE_IP "127.0.0.11"
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* CPU time (user + system) of the calling thread, in seconds. */
 static double cpu_s(void)
@@ -272,19 +265,6 @@ static double rtt_us(int fd, int n)
 		if (write(fd, &b, 1) != 1 || read(fd, &b, 1) != 1)
 			die("rtt");
 	return (now_s() - t0) / n * 1e6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* ---- the replica ------------------------------------------------------------------------------

@@ -14,6 +14,8 @@
  */
 #include <byway/map.h>
 
+#include "bench-util.h"
+
 #include <urcu-bp.h>
 
 #include <errno.h>
@@ -28,14 +30,6 @@
 #define NODES 1000
 #define RES 8
 #define KEYS (1u << 20)
-
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static size_t rss_bytes(void)
 {
@@ -61,34 +55,6 @@ static double loadavg(void)
 		fclose(f);
 	}
 	return l;
-}
-
-static uint64_t rng = 0x9e3779b97f4a7c15ULL;
-
-static uint64_t rnd(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
-}
-
-static void v4(struct byway_addr *a, uint8_t b0, uint8_t b1, uint8_t b2, uint8_t b3)
-{
-	memset(a, 0, sizeof(*a));
-	a->b[10] = a->b[11] = 0xff;
-	a->b[12] = b0;
-	a->b[13] = b1;
-	a->b[14] = b2;
-	a->b[15] = b3;
-}
-
-static void service_tuple(unsigned s, struct byway_tuple *t)
-{
-	struct byway_addr g;
-
-	v4(&g, 10, 0, 0, 1);
-	byway_tuple_make(&g, (uint16_t)(1024 + s), IPPROTO_TCP, t);
 }
 
 static void first_tuple(unsigned node, unsigned s, struct byway_tuple *t)
@@ -163,7 +129,7 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 	}
 
 	/* Build. */
-	t0 = now();
+	t0 = now_s();
 	for (unsigned s = 0; s < sh->services; s++) {
 		for (unsigned k = 0; k < sh->nodes_per_service; k++) {
 			int64_t r;
@@ -176,7 +142,7 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 			}
 		}
 	}
-	res->build_s = now() - t0;
+	res->build_s = now_s() - t0;
 	urcu_bp_barrier(); /* let replaced views be reclaimed before measuring memory */
 	malloc_trim(0);
 	byway_map_get_stats(m, &st);
@@ -202,7 +168,7 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 
 		/* byway_map_find inside one read section per 256 lookups; the view is not read. */
 		iters = 0;
-		t0 = now();
+		t0 = now_s();
 		do {
 			for (size_t b = 0; b < KEYS; b += 256) {
 				byway_map_read_begin();
@@ -211,7 +177,7 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 				byway_map_read_end();
 			}
 			iters += KEYS;
-			t1 = now();
+			t1 = now_s();
 		} while (t1 - t0 < 0.15);
 		rate = (double)iters / (t1 - t0) / 1e6;
 		if (rate > res->find_mps)
@@ -219,7 +185,7 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 
 		/* The same, reading the view and its first group's first tuple. */
 		iters = 0;
-		t0 = now();
+		t0 = now_s();
 		do {
 			for (size_t b = 0; b < KEYS; b += 256) {
 				byway_map_read_begin();
@@ -232,7 +198,7 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 				byway_map_read_end();
 			}
 			iters += KEYS;
-			t1 = now();
+			t1 = now_s();
 		} while (t1 - t0 < 0.15);
 		rate = (double)iters / (t1 - t0) / 1e6;
 		if (rate > res->view_mps)
@@ -240,7 +206,7 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 
 		/* A read section per lookup, as on the connect path (view not read). */
 		iters = 0;
-		t0 = now();
+		t0 = now_s();
 		do {
 			for (size_t i = 0; i < KEYS; i++) {
 				byway_map_read_begin();
@@ -248,7 +214,7 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 				byway_map_read_end();
 			}
 			iters += KEYS;
-			t1 = now();
+			t1 = now_s();
 		} while (t1 - t0 < 0.15);
 		rate = (double)iters / (t1 - t0) / 1e6;
 		if (rate > res->find_rd_mps)
@@ -256,14 +222,14 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 
 		/* Copying lookup (up to 64 tuples). */
 		iters = 0;
-		t0 = now();
+		t0 = now_s();
 		do {
 			for (size_t i = 0; i < KEYS / 4; i++) {
 				if (byway_map_lookup(m, &keys[i], out, NULL, 64, &n) == 0)
 					sink += n;
 			}
 			iters += KEYS / 4;
-			t1 = now();
+			t1 = now_s();
 		} while (t1 - t0 < 0.15);
 		rate = (double)iters / (t1 - t0) / 1e6;
 		if (rate > res->lookup_mps)
@@ -272,7 +238,7 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 
 	/* Updates: a changed record (new load) of a random instance. */
 	iters = 0;
-	t0 = now();
+	t0 = now_s();
 	do {
 		for (int i = 0; i < 1000; i++) {
 			unsigned s = (unsigned)(rnd() % sh->services);
@@ -285,17 +251,17 @@ static void run(const struct shape *sh, struct byway_tuple *keys, struct result 
 			}
 		}
 		iters += 1000;
-		t1 = now();
+		t1 = now_s();
 	} while (t1 - t0 < 0.5);
 	res->upd_ps = (double)iters / (t1 - t0);
 
 	/* Snapshot (full relist). */
-	t0 = now();
+	t0 = now_s();
 	if (byway_map_snapshot(m, count_fn, &snap_tuples, &rev) < 0 || snap_tuples != res->tuples) {
 		fprintf(stderr, "bench-map: snapshot mismatch\n");
 		exit(1);
 	}
-	res->snap_s = now() - t0;
+	res->snap_s = now_s() - t0;
 
 	if (sink == 42) /* keep the lookups from being optimized away */
 		printf(" ");
@@ -319,7 +285,7 @@ int main(int argc, char **argv)
 	struct byway_tuple *keys = malloc(KEYS * sizeof(*keys));
 	const char *only = argc > 1 ? argv[1] : NULL; /* "rows" or "scale": run one part */
 	struct result r;
-	double t_start = now();
+	double t_start = now_s();
 
 	if (!keys)
 		return 1;
@@ -369,7 +335,7 @@ scale:
 	       "groups)\n",
 	       r.find_mps, r.view_mps, r.find_rd_mps, r.lookup_mps);
 out:
-	printf("  (total bench time %.1f s)\n", now() - t_start);
+	printf("  (total bench time %.1f s)\n", now_s() - t_start);
 	free(keys);
 	return 0;
 }

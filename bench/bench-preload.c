@@ -22,6 +22,8 @@
  *                     datagram socket may connect again)
  * Every loop is bounded in count and in time (MAX_MS per call and child).
  */
+#include "bench-util.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -244,19 +246,6 @@ static int run_child(const char *self, const char *lib, const char *unix_path, b
 		return -1;
 	}
 	return 0;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* A configuration in which this process is a client host of a system it never dials. */

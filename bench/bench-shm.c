@@ -17,6 +17,8 @@
  */
 #include <byway/shm.h>
 
+#include "bench-util.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -29,42 +31,6 @@
 #define PER_SERVICE 4
 #define RES 2
 #define KEYS (1u << 18)
-
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rng = 0x9e3779b97f4a7c15ULL;
-
-static uint64_t rnd(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
-}
-
-static void v4(struct byway_addr *a, uint8_t b0, uint8_t b1, uint8_t b2, uint8_t b3)
-{
-	memset(a, 0, sizeof(*a));
-	a->b[10] = a->b[11] = 0xff;
-	a->b[12] = b0;
-	a->b[13] = b1;
-	a->b[14] = b2;
-	a->b[15] = b3;
-}
-
-static void service_tuple(unsigned s, struct byway_tuple *t)
-{
-	struct byway_addr g;
-
-	v4(&g, 10, 0, 0, 1);
-	byway_tuple_make(&g, (uint16_t)(1024 + s), IPPROTO_TCP, t);
-}
 
 static unsigned node_of(unsigned s, unsigned k)
 {
@@ -133,13 +99,13 @@ struct row {
 	do {                                                                                       \
 		for (int rep_ = 0; rep_ < 3; rep_++) {                                             \
 			size_t it_ = 0;                                                            \
-			double t0_ = now(), t1_, rate_;                                            \
+			double t0_ = now_s(), t1_, rate_;                                          \
 			do {                                                                       \
 				for (size_t i = 0; i < KEYS; i++) {                                \
 					body;                                                      \
 				}                                                                  \
 				it_ += KEYS;                                                       \
-				t1_ = now();                                                       \
+				t1_ = now_s();                                                     \
 			} while (t1_ - t0_ < 0.15);                                                \
 			rate_ = (double)it_ / (t1_ - t0_) / 1e6;                                   \
 			if (rate_ > (best))                                                        \
@@ -173,10 +139,10 @@ static void run(unsigned services, const char *path, struct byway_tuple *keys, s
 	for (int i = 0; i < 5; i++) {
 		double dt;
 
-		t0 = now();
+		t0 = now_s();
 		if (byway_shm_writer_publish(w, m) < 0)
 			exit(1);
-		dt = (now() - t0) * 1e3;
+		dt = (now_s() - t0) * 1e3;
 		if (dt < row->publish_ms)
 			row->publish_ms = dt;
 	}

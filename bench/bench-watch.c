@@ -26,6 +26,8 @@
 
 #include <byway/wire.h>
 
+#include "bench-util.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -266,13 +268,6 @@ static void hb_cb(evutil_socket_t fd, short ev, void *arg)
 }
 
 /* ---- setup ---- */
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
 
 static double pct(const double *v, size_t n, double p)
 {
